@@ -1,0 +1,1 @@
+"""Data stage: ingest -> clean/dedup -> chunk -> stats -> tokenize."""

@@ -1,0 +1,15 @@
+"""`danlu data ...` commands. Each parses its flags and calls the stage's library function."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _print_summary(report: dict, keys: tuple[str, ...]) -> None:
+    parts = [f"{k}={report[k]}" for k in keys if k in report]
+    typer.echo(" ".join(parts))

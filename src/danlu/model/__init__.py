@@ -1,0 +1,1 @@
+"""Models: create/load Hugging Face causal LMs, resize embeddings."""

@@ -1,0 +1,30 @@
+"""The record contracts between stages (see DESIGN.md). Plain dicts on disk; these helpers build and check them.
+
+- Document: {"id", "text", "source", "path", "format", "meta": {...}}
+- SFT:      {"id", "messages": [{"role", "content"}], "task_type", "tags": [...], "source"}
+- Preference: {"id", "messages", "chosen", "rejected", "task_type", "source"}
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+DOC_FIELDS = ("id", "text", "source", "path", "format", "meta")
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def stable_id(*parts: object, length: int = 16) -> str:
+    """An id derived only from its parts (e.g. relative path + position), so reruns give the same ids."""
+    h = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode("utf-8"), digest_size=length // 2)
+    return h.hexdigest()
+
+
+def document(text: str, source: str, path: str, fmt: str, position: int | str = 0, **meta: object) -> dict:
+    return {
+        "id": stable_id(source, path, position),
+        "text": text,
+        "source": source,
+        "path": path,
+        "format": fmt,
+        "meta": dict(meta),
+    }

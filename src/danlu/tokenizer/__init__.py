@@ -1,0 +1,1 @@
+"""Tokenizers: train, expand, compare, fast encoding."""

@@ -1,0 +1,1 @@
+"""Training: one loop; objectives; packing; mixing; checkpoints; distributed."""

@@ -1,0 +1,100 @@
+"""Config validation, run folders, atomic writes, JSONL accounting and the CLI shell."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Literal
+
+import pytest
+
+from danlu.config import ConfigError, StrictModel, load_config
+from danlu.jsonl import BadLine, JsonlWriter, read_jsonl
+from danlu.records import document, stable_id
+from danlu.runs import atomic_write_text, read_report, start_run
+
+
+class Inner(StrictModel):
+    min_chars: int = 10
+
+
+class Cfg(StrictModel):
+    mode: Literal["fast", "exact"] = "fast"
+    inner: Inner = Inner()
+
+
+def test_misspelt_key_names_file_key_and_allowed_keys(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("mode: fast\ninner:\n  min_char: 5\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, Cfg)
+    msg = str(e.value)
+    assert str(p) in msg and "inner.min_char" in msg and "min_chars" in msg
+
+
+def test_bad_value_names_allowed_values(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("mode: slow\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, Cfg)
+    assert "'mode'" in str(e.value) and "'fast'" in str(e.value) and "'exact'" in str(e.value)
+
+
+def test_overrides_win_and_values_are_typed(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("mode: fast\n")
+    cfg = load_config(p, Cfg, overrides={"mode": "exact", "inner": None})
+    assert cfg.mode == "exact" and cfg.inner.min_chars == 10
+
+
+def test_run_folder_report_marks_completion(tmp_path):
+    run = start_run(tmp_path / "out", "demo", Cfg())
+    assert read_report(run.dir) is None  # unfinished until the report lands
+    run.log_metrics({"step": 1, "loss": 2.0})
+    report = run.finish({"in": 3, "out": 2, "removed": 1})
+    assert read_report(run.dir)["out"] == 2 and report["status"] == "complete"
+    assert "mode: fast" in (run.dir / "config.yaml").read_text()
+    assert json.loads((run.dir / "metrics.jsonl").read_text())["loss"] == 2.0
+    # reopening the folder for a rerun removes the old report: a killed rerun is never taken as finished
+    start_run(run.dir, "demo", Cfg())
+    assert read_report(run.dir) is None
+
+
+def test_atomic_writer_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.jsonl"
+    with pytest.raises(RuntimeError):
+        with JsonlWriter(target) as w:
+            w.write({"a": 1})
+            raise RuntimeError("killed")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    atomic_write_text(target, "x\n")
+    assert target.read_text() == "x\n"
+
+
+def test_read_jsonl_accounts_for_every_line(tmp_path):
+    p = tmp_path / "in.jsonl"
+    p.write_text('{"text": "ok"}\n{bad json\n\n[1,2]\n{"text": 5}\n{"nope": 1}\n', encoding="utf-8")
+    rows = list(read_jsonl(p, require={"text": str}))
+    good = [r for _, r in rows if isinstance(r, dict)]
+    bad = {ln: r.error for ln, r in rows if isinstance(r, BadLine)}
+    assert len(good) == 1 and set(bad) == {2, 4, 5, 6}
+    assert "invalid JSON" in bad[2] and "object" in bad[4]
+    assert "field 'text' must be str" in bad[5] and "missing field 'text'" in bad[6]
+
+
+def test_ids_are_stable_and_distinct():
+    assert stable_id("a", "b", 0) == stable_id("a", "b", 0) != stable_id("a", "b", 1)
+    doc = document("hi", "src", "x/y.txt", "txt", position=0, chars=2)
+    assert set(doc) == {"id", "text", "source", "path", "format", "meta"} and doc["meta"] == {"chars": 2}
+
+
+def _danlu(*args):
+    return subprocess.run([sys.executable, "-m", "danlu.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_help_lists_every_stage():
+    out = _danlu("--help")
+    assert out.returncode == 0
+    for stage in ("data", "tokenizer", "train"):
+        assert stage in out.stdout
