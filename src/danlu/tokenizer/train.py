@@ -1,0 +1,174 @@
+"""Train a tokenizer on danlu documents and save it as a Hugging Face tokenizer folder.
+
+BPE (default): rustbpe trains a byte-level BPE with the GPT-4 split pattern (the fastest trainer measured
+here), then the merges are exported into an HF tokenizer.json that encodes identically to tiktoken (see
+bytelevel.py). Lossless on any input: every byte is a token, so there is no [UNK].
+Unigram: the HF tokenizers Unigram trainer over the same byte-level alphabet (also lossless).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Iterator, Literal
+
+from tokenizers import Tokenizer, processors
+
+from danlu.config import StrictModel, validate
+from danlu.jsonl import JsonlWriter
+from danlu.runs import atomic_path, atomic_write_json, atomic_write_text, start_run
+from danlu.tokenizer.bytelevel import GPT4_PATTERN, hf_tokenizer_from_ranks
+from danlu.tokenizer.corpus import CorpusStats, chunks, corpus_files, iter_documents
+
+SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|end|>"]
+
+# Default chat template for models trained from scratch: <|bos|><|user|>...<|end|><|assistant|>...<|end|>
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant', 'tool'] %}"
+    "{{ raise_exception('unknown role: ' + message['role']) }}{% endif %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+class TrainConfig(StrictModel):
+    inputs: list[str]
+    out: str
+    vocab_size: int = 32768
+    type: Literal["bpe", "unigram"] = "bpe"
+    pattern: str = GPT4_PATTERN
+    model_max_length: int = 2048
+
+
+def train_tokenizer(
+    inputs: list[str | Path],
+    out: str | Path,
+    vocab_size: int = 32768,
+    type: Literal["bpe", "unigram"] = "bpe",
+    pattern: str = GPT4_PATTERN,
+    model_max_length: int = 2048,
+) -> dict:
+    """Train on `inputs` (Document JSONL / text files or folders), write an HF tokenizer folder to `out`."""
+    cfg = validate(
+        dict(inputs=[str(p) for p in inputs], out=str(out), vocab_size=vocab_size, type=type, pattern=pattern,
+             model_max_length=model_max_length),
+        TrainConfig, "tokenizer train",
+    )
+    if cfg.vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
+        raise ValueError(f"--vocab-size {cfg.vocab_size} is too small: byte-level needs > {256 + len(SPECIAL_TOKENS)}")
+    corpus_files(cfg.inputs)  # missing inputs fail before an output folder is made
+    run = start_run(out, "tokenizer-train", cfg)
+    stats = CorpusStats()
+    t0 = time.perf_counter()
+    texts = _texts(cfg.inputs, stats)
+    tok = _train_bpe(texts, cfg) if cfg.type == "bpe" else _train_unigram(texts, cfg)
+    train_s = time.perf_counter() - t0
+    if stats.documents == 0:
+        raise ValueError(f"no usable documents in {', '.join(cfg.inputs)} ({len(stats.rejected)} rejected)")
+    save_tokenizer_folder(tok, run.dir, model_max_length=cfg.model_max_length)
+    if stats.rejected:
+        with JsonlWriter(run.path("rejects.jsonl")) as w:
+            for r in stats.rejected:
+                w.write(r)
+    run.log.info("trained %s vocab %d on %d documents in %.1fs", cfg.type, tok.get_vocab_size(), stats.documents, train_s)
+    return run.finish(
+        {
+            "counts": {
+                "files": stats.files,
+                "records_in": stats.documents + len(stats.rejected),
+                "documents_used": stats.documents,
+                "rejected": len(stats.rejected),
+            },
+            "characters": stats.characters,
+            "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+            "type": cfg.type,
+            "special_tokens": SPECIAL_TOKENS,
+            "timings": {"train_s": round(train_s, 3), "total_s": round(time.perf_counter() - t0, 3)},
+        }
+    )
+
+
+def _texts(inputs: list[str], stats: CorpusStats) -> Iterator[str]:
+    from tqdm import tqdm
+
+    with tqdm(desc="reading", unit=" docs", disable=None) as bar:
+        for _, text in iter_documents(inputs, stats):
+            bar.update(1)
+            yield from chunks(text)
+
+
+def _train_bpe(texts: Iterator[str], cfg: TrainConfig) -> Tokenizer:
+    import rustbpe
+
+    trainer = rustbpe.Tokenizer()
+    trainer.train_from_iterator(texts, cfg.vocab_size - len(SPECIAL_TOKENS), pattern=cfg.pattern)
+    ranks = dict(trainer.get_mergeable_ranks())
+    specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
+    return _with_bos_processor(hf_tokenizer_from_ranks(ranks, cfg.pattern, specials))
+
+
+def _train_unigram(texts: Iterator[str], cfg: TrainConfig) -> Tokenizer:
+    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(cfg.pattern), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=cfg.vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: lossless, never [UNK]
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return _with_bos_processor(tok)
+
+
+def _with_bos_processor(tok: Tokenizer) -> Tokenizer:
+    """`tokenizer(text)` in transformers gives <|bos|> + text, matching how `danlu data tokenize` frames documents."""
+    bos = tok.token_to_id("<|bos|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B", special_tokens=[("<|bos|>", bos)]
+    )
+    return tok
+
+
+def save_tokenizer_folder(
+    tok: Tokenizer, out: str | Path, model_max_length: int = 2048, chat_template: str | None = CHAT_TEMPLATE,
+    config_extra: dict | None = None,
+) -> None:
+    """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and chat_template.jinja atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "tokenizer.json") as tmp:
+        tok.save(str(tmp))
+    vocab = tok.get_vocab(with_added_tokens=True)
+    roles = {k: f"<|{k}|>" for k in ("bos", "eos", "pad")}
+    special_map = {f"{k}_token": v for k, v in roles.items() if v in vocab}
+    extra = [t for t in SPECIAL_TOKENS if t in vocab and t not in roles.values()]
+    if extra:
+        special_map["additional_special_tokens"] = extra
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **special_map,
+        "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": False,  # byte-level decoding is exact; never "clean" spaces
+        **(config_extra or {}),
+    }
+    atomic_write_json(out / "tokenizer_config.json", config)
+    atomic_write_json(out / "special_tokens_map.json", special_map)
+    if chat_template:
+        atomic_write_text(out / "chat_template.jinja", chat_template)
+
+
+def read_special_tokens(tokenizer_dir: str | Path) -> dict:
+    p = Path(tokenizer_dir) / "special_tokens_map.json"
+    return json.loads(p.read_text("utf-8")) if p.exists() else {}

@@ -1,0 +1,188 @@
+"""Vocabulary expansion keeps every existing id's meaning; resized models keep their logits on old text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
+
+from danlu.tokenizer.encode import load_encoder
+from danlu.tokenizer.expand import expand_tokenizer
+from danlu.tokenizer.train import train_tokenizer
+from tokenizer_corpus import GENERAL_WORDS, OPS_WORDS, make_corpus, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("expand")
+    write_jsonl(root / "general.jsonl", make_corpus(GENERAL_WORDS, 150, 1))
+    write_jsonl(root / "ops.jsonl", make_corpus(OPS_WORDS, 150, 2))
+    train_tokenizer([root / "general.jsonl"], root / "general", vocab_size=500)
+    train_tokenizer([root / "ops.jsonl"], root / "ops", vocab_size=500)
+    expand_tokenizer(root / "general", root / "ops", root / "expanded")
+    return root
+
+
+def _tok(path: Path) -> Tokenizer:
+    return Tokenizer.from_file(str(path / "tokenizer.json"))
+
+
+def test_expansion_adds_domain_tokens_and_keeps_every_id(tokenizers: Path):
+    base, exp = _tok(tokenizers / "general"), _tok(tokenizers / "expanded")
+    base_vocab, exp_vocab = base.get_vocab(True), exp.get_vocab(True)
+    assert all(exp_vocab[t] == i for t, i in base_vocab.items())
+    new = {t: i for t, i in exp_vocab.items() if t not in base_vocab}
+    assert len(new) > 50 and min(new.values()) == len(base_vocab)
+    report = json.loads((tokenizers / "expanded" / "report.json").read_text())
+    assert report["counts"]["added"] == len(new)
+    assert report["counts"]["domain_candidates"] == 500 - 8  # every domain BPE token was considered once
+    ops_text = "".join(make_corpus(OPS_WORDS, 10, 3))
+    n_base = len(base.encode(ops_text, add_special_tokens=False).ids)
+    n_exp = len(exp.encode(ops_text, add_special_tokens=False).ids)
+    n_dom = len(_tok(tokenizers / "ops").encode(ops_text, add_special_tokens=False).ids)
+    assert n_dom < 0.6 * n_base and n_exp <= n_base - 0.8 * (n_base - n_dom)  # recovers >= 80% of the gain
+
+
+def test_max_new_limits_in_domain_order(tokenizers: Path, tmp_path: Path):
+    expand_tokenizer(tokenizers / "general", tokenizers / "ops", tmp_path / "small", max_new=20)
+    small, full = _tok(tmp_path / "small").get_vocab(True), _tok(tokenizers / "expanded").get_vocab(True)
+    base_size = _tok(tokenizers / "general").get_vocab_size(True)
+    small_new = sorted((i, t) for t, i in small.items() if i >= base_size)
+    full_new = sorted((i, t) for t, i in full.items() if i >= base_size)
+    assert len(small_new) == 20 and small_new == full_new[:20]
+
+
+MIXED = st.lists(
+    st.sampled_from(GENERAL_WORDS + OPS_WORDS + [" ", "，", "。", "\n", "x", "🙂", "软", "件", "包", "apt", "-"]),
+    max_size=60,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(MIXED, st.text(max_size=80)))
+def test_expanded_encoding_only_joins_base_tokens(tokenizers: Path, text: str):
+    """Expanded ids = base ids with some neighbours joined into new ids; with no new id they are the base ids."""
+    base, exp = _cached(tokenizers / "general"), _cached(tokenizers / "expanded")
+    base_ids = base.encode(text, add_special_tokens=False).ids
+    exp_ids = exp.encode(text, add_special_tokens=False).ids
+    first_new = base.get_vocab_size(True)
+    if all(i < first_new for i in exp_ids):
+        assert exp_ids == base_ids
+    # every base token boundary that survives is a boundary of the expanded encoding (a coarsening)
+    assert _boundaries(exp, exp_ids) <= _boundaries(base, base_ids)
+    assert exp.decode(exp_ids) == text
+    # the fast engine runs the expanded tokenizer exactly
+    enc = _CACHE.setdefault("enc", load_encoder(tokenizers / "expanded"))
+    assert enc.engine == "tiktoken" and enc.encode_batch([text])[0] == exp_ids
+
+
+_CACHE: dict = {}
+
+
+def _cached(path: Path) -> Tokenizer:
+    if path not in _CACHE:
+        _CACHE[path] = _tok(path)
+        _CACHE[path].encode_special_tokens = True  # as the fast encoder: "<|eos|>" in a text is text
+    return _CACHE[path]
+
+
+def _boundaries(tok: Tokenizer, ids: list[int]) -> set[int]:
+    from danlu.tokenizer.bytelevel import token_bytes
+
+    out, pos = set(), 0
+    for i in ids:
+        pos += len(token_bytes(tok.id_to_token(i)))
+        out.add(pos)
+    return out
+
+
+def _tiny_llama(vocab_size: int, tie: bool):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=tie,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_resized_model_keeps_logits_on_old_text_and_loads_plainly(tokenizers: Path, tmp_path: Path, tie: bool):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base_tok = _tok(tokenizers / "general")
+    model = _tiny_llama(base_tok.get_vocab_size(True), tie)
+    model.save_pretrained(str(tmp_path / "base-model"))
+    report = expand_tokenizer(
+        tokenizers / "general", tokenizers / "ops", tmp_path / "tok", model=tmp_path / "base-model",
+        model_out=tmp_path / "model",
+    )
+    assert list((tmp_path / "model").glob("*.safetensors")) and (tmp_path / "model" / "tokenizer.json").exists()
+    resized = AutoModelForCausalLM.from_pretrained(str(tmp_path / "model")).eval()
+    old_n, new_n = base_tok.get_vocab_size(True), _tok(tmp_path / "tok").get_vocab_size(True)
+    assert report["model"]["rows_after"] == new_n > old_n
+    assert resized.get_input_embeddings().weight.shape[0] == new_n == resized.config.vocab_size
+
+    exp_tok = _tok(tmp_path / "tok")
+    text = "床前明月光，疑是地上霜。the moon light"
+    ids = exp_tok.encode(text, add_special_tokens=False).ids
+    assert ids and max(ids) < old_n  # this text uses no new token
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        before, after = model(x).logits, resized(x).logits
+    assert after.shape[-1] == new_n
+    assert torch.equal(before, after[..., :old_n])
+
+    # a new token's rows are the mean of the rows of the base pieces it used to split into
+    new_tok = next(t for t, i in exp_tok.get_vocab(True).items() if i == old_n)
+    pieces = [t.id for t in base_tok.model.tokenize(new_tok)]
+    assert len(pieces) >= 2
+    w_old, w_new = model.get_input_embeddings().weight, resized.get_input_embeddings().weight
+    assert torch.allclose(w_new[old_n], w_old[pieces].mean(0))
+    out_old, out_new = model.get_output_embeddings().weight, resized.get_output_embeddings().weight
+    assert torch.allclose(out_new[old_n], out_old[pieces].mean(0))
+
+
+def test_expand_rejects_non_bpe_base(tokenizers: Path, tmp_path: Path):
+    train_tokenizer([tokenizers / "general.jsonl"], tmp_path / "uni", vocab_size=300, type="unigram")
+    with pytest.raises(ValueError, match="expand needs a byte-level BPE base"):
+        expand_tokenizer(tmp_path / "uni", tokenizers / "ops", tmp_path / "out")
+    with pytest.raises(ValueError, match="go together"):
+        expand_tokenizer(tokenizers / "general", tokenizers / "ops", tmp_path / "o2", model=tmp_path / "m")
+
+
+def test_cli_train_expand_compare(tokenizers: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from danlu.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["tokenizer", "train", str(tokenizers / "ops.jsonl"), "-o", str(tmp_path / "t"), "--vocab-size", "400"])
+    assert r.exit_code == 0, r.output
+    assert "vocab 400" in r.output
+    r = runner.invoke(app, ["tokenizer", "expand", str(tokenizers / "general"), str(tmp_path / "t"), "-o", str(tmp_path / "e"), "--max-new", "10"])
+    assert r.exit_code == 0, r.output
+    assert "added 10 tokens" in r.output
+    r = runner.invoke(
+        app,
+        ["tokenizer", "compare", str(tokenizers / "general"), str(tmp_path / "t"), str(tmp_path / "e"),
+         "--corpus", str(tokenizers / "ops.jsonl"), "--json", str(tmp_path / "cmp.json")],
+    )
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "cmp.json").read_text())
+    rows = {(x["source"], x["tokenizer"]): x for x in result["rows"]}
+    gen, dom, exp = (rows[("s", n)] for n in ("general", "t", "e"))
+    assert dom["tokens"] < exp["tokens"] < gen["tokens"]
+    assert gen["tokens_per_1000_cjk"] > dom["tokens_per_1000_cjk"] and dom["chars_per_token"] > gen["chars_per_token"]
+    general_vs_expanded = result["vocab_overlap"][1]
+    assert (general_vs_expanded["a"], general_vs_expanded["b"]) == ("general", "e")
+    assert general_vs_expanded["shared"] == general_vs_expanded["a_size"] == general_vs_expanded["b_size"] - 10
+    assert result["examples"] and result["examples"][0]["lines"]
+    assert "tokens/1k CJK" in r.output
