@@ -28,6 +28,19 @@ app.add_typer(tokenizer_app, name="tokenizer", help="Train, expand and compare t
 app.add_typer(train_app, name="train", help="Pretraining (and later SFT/DPO) on tokenized data.")
 
 
+@app.command("run")
+def run_cmd(
+    pipeline: str = typer.Argument(..., help="Pipeline YAML (see examples/quickstart.yaml)."),
+    force: bool = typer.Option(False, "--force", help="Rerun every step, even those whose inputs are unchanged."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Run the whole pipeline: ingest -> clean -> tokenizer -> chunk -> tokenize -> stats -> pretrain."""
+    from danlu.pipeline import run_pipeline
+
+    for s in run_pipeline(pipeline, force=force, progress=progress, echo=typer.echo):
+        typer.echo(f"  {s['step']:<20} {s['status']:<8} {s.get('elapsed_s', ''):>8}  {s['out']}")
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"danlu {__version__}")

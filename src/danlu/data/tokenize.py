@@ -78,19 +78,19 @@ def _special_ids(tokenizer_dir: Path) -> tuple[int, int | None, int | None, int]
 _ENCODERS: dict[str, object] = {}
 
 
-def _encoder(tokenizer_dir: str):
+def _encoder(tokenizer_dir: str, threads: int | None):
     enc = _ENCODERS.get(tokenizer_dir)
     if enc is None:
         from danlu.tokenizer.encode import load_encoder
 
-        enc = _ENCODERS[tokenizer_dir] = load_encoder(tokenizer_dir)
+        enc = _ENCODERS[tokenizer_dir] = load_encoder(tokenizer_dir, threads=threads)
     return enc
 
 
 def _write_shard(job: dict) -> dict:
     """Encode one shard's texts and write its token file, index and (last) summary. Runs in a worker."""
     t0 = time.perf_counter()
-    enc = _encoder(job["tokenizer"])
+    enc = _encoder(job["tokenizer"], job["threads"])
     if (enc.vocab_size, enc.bos_id, enc.eos_id) != (job["vocab_size"], job["bos"], job["eos"]):
         raise ValueError(f"{job['tokenizer']}: the encoder's vocab size/bos/eos differ from tokenizer.json's")
     dtype = np.dtype(job["dtype"])
@@ -258,7 +258,8 @@ def tokenize(
                 continue
             fresh_bytes += job["text_bytes"]
             job.update(name=name, store=str(store), tokenizer=str(tok_dir), dtype=dtype.str,
-                       vocab_size=vocab_size, bos=bos, eos=eos, fingerprint=fingerprint)
+                       vocab_size=vocab_size, bos=bos, eos=eos, fingerprint=fingerprint,
+                       threads=1 if pool else None)  # one encoder thread per worker process: no oversubscription
             if pool is None:
                 summaries[name] = _write_shard(job)
                 bar.update(job["text_bytes"])

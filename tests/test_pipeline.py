@@ -1,0 +1,108 @@
+"""`danlu run`: the quickstart pipeline end to end, skip-when-unchanged, and up-front config validation."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from danlu.config import ConfigError
+from danlu.pipeline import run_pipeline
+from danlu.runs import read_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _quickstart(tmp_path: Path, **changes) -> Path:
+    """A copy of examples/quickstart.yaml writing under tmp_path, with a private copy of the corpus."""
+    shutil.copytree(REPO / "examples" / "corpus", tmp_path / "corpus")
+    cfg = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    cfg["out"] = str(tmp_path / "out")
+    for s in cfg["sources"]:
+        s["paths"] = [str(tmp_path / "corpus" / Path(p).name) for p in s["paths"]]
+    cfg["pretrain"]["train"]["max_steps"] = 6
+    cfg["pretrain"]["log"] = {"every": 2, "progress": False, "tensorboard": False}
+    cfg.update(changes)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    return path
+
+
+def _status(summary: list[dict]) -> dict[str, str]:
+    return {s["step"]: s["status"] for s in summary}
+
+
+def test_quickstart_runs_end_to_end_and_skips_unchanged_steps(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = _quickstart(tmp_path)
+    out = tmp_path / "out"
+    first = _status(run_pipeline(cfg, progress=False, echo=lambda s: None))
+    assert set(first.values()) == {"ran"} and "pretrain" in first and "stats" in first
+    for step in ("ingest/ops", "clean/general", "tokenizer", "chunk/ops", "tokens/general", "stats", "pretrain"):
+        assert read_report(out / step) is not None, step
+    ingest = read_report(out / "ingest" / "ops")
+    assert ingest["files"]["failed"] == 0 and ingest["files"]["written"] == len(os.listdir(tmp_path / "corpus" / "ops"))
+    model = AutoModelForCausalLM.from_pretrained(out / "pretrain" / "model")
+    tok = AutoTokenizer.from_pretrained(out / "pretrain" / "model")
+    assert model.config.vocab_size >= len(tok) and (out / "stats" / "report.html").exists()
+
+    again = _status(run_pipeline(cfg, progress=False, echo=lambda s: None))
+    assert set(again.values()) == {"skipped"}
+
+    # editing one general document reruns that source's chain and everything downstream of it, nothing else
+    doc = tmp_path / "corpus" / "general" / "essays.jsonl"
+    doc.write_text(doc.read_text(encoding="utf-8") + '{"title": "新", "content": "新的一篇短文，讲的是秋天的落叶和远方的朋友。"}\n',
+                   encoding="utf-8")
+    third = _status(run_pipeline(cfg, progress=False, echo=lambda s: None))
+    assert third["ingest ops"] == third["clean ops"] == "skipped"
+    assert third["ingest general"] == third["clean general"] == third["tokenizer"] == "ran"
+    assert third["pretrain"] == "ran"
+
+
+def test_bad_pretrain_section_fails_before_any_step(tmp_path):
+    cfg = _quickstart(tmp_path)
+    data = yaml.safe_load(cfg.read_text())
+    data["pretrain"]["train"]["max_step"] = 3  # misspelt
+    cfg.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="max_step"):
+        run_pipeline(cfg, progress=False, echo=lambda s: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_pipeline_key_names_the_file(tmp_path):
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("sources: [{name: a, paths: [x]}]\ntokeniser: {vocab_size: 100}\n")
+    with pytest.raises(ConfigError, match=r"(?s)p\.yaml.*tokeniser"):
+        run_pipeline(cfg, progress=False, echo=lambda s: None)
+
+
+def test_interrupted_pretrain_resumes_and_changed_inputs_keep_the_previous_model(tmp_path, monkeypatch):
+    import danlu.train.pretrain as pt
+
+    cfg = _quickstart(tmp_path)
+    out = tmp_path / "out" / "pretrain"
+    real = pt.pretrain
+    calls = []
+
+    def killed_after_checkpoint(c, out_dir=None, resume=False):
+        calls.append(resume)
+        real(c, out_dir, resume=resume)
+        (out / "report.json").unlink()  # as if killed after the last checkpoint, before the report landed
+
+    monkeypatch.setattr(pt, "pretrain", killed_after_checkpoint)
+    run_pipeline(cfg, progress=False, echo=lambda s: None)
+    monkeypatch.setattr(pt, "pretrain", lambda c, out_dir=None, resume=False: calls.append(resume) or real(c, out_dir, resume=resume))
+    summary = _status(run_pipeline(cfg, progress=False, echo=lambda s: None))
+    assert summary["pretrain"] == "ran" and calls == [False, True]  # same inputs: resumed, not restarted
+
+    data = yaml.safe_load(cfg.read_text())
+    data["pretrain"]["optim"]["lr"] = 1e-3  # changed inputs: a fresh run, the old model kept beside it
+    cfg.write_text(yaml.safe_dump(data, allow_unicode=True))
+    run_pipeline(cfg, progress=False, echo=lambda s: None)
+    assert calls[-1] is False and read_report(out) is not None
+    kept = [p for p in out.parent.iterdir() if p.name.startswith("pretrain.prev-")]
+    assert len(kept) == 1 and (kept[0] / "model" / "model.safetensors").exists()
