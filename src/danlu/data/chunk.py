@@ -1,0 +1,301 @@
+"""`danlu data chunk`: split long Markdown documents at section boundaries and pack them up to a token budget.
+
+Units, from coarse to fine: a section (a heading and what follows up to the next heading), a block (paragraph,
+list, table, fenced code), a sentence (split after Chinese/English sentence punctuation or a newline), and -
+only when one sentence alone exceeds the budget - the longest prefix that fits. Consecutive units are packed
+greedily; each chunk is then counted exactly with the real tokenizer and re-packed tighter if the estimate
+(sum of unit counts) was short. Every chunk is a slice of the document, and the text between consecutive
+chunks is only whitespace, so the chunks give back the document (up to the separators).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from tqdm import tqdm
+
+from danlu.data.clean.markdown import blocks
+from danlu.data.clean.pipeline import input_files
+from danlu.jsonl import BadLine, JsonlWriter, read_jsonl
+from danlu.records import stable_id
+from danlu.runs import start_run
+
+Counter = Callable[[list[str]], list[int]]
+
+# cl100k_base's pre-tokenisation pattern (tiktoken_ext.openai_public), for bare .tiktoken rank files
+_CL100K_PAT = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+_SENTENCE_END = re.compile(r"[。！？；!?;…]+[”’」』)）\"']*|\.(?=\s)|\n")
+
+
+def load_counter(tokenizer: str | Path) -> Counter:
+    """Token counts for a batch of texts (no special tokens).
+
+    `tokenizer`: a Hugging Face tokenizer folder (tokenizer.json), a local `.tiktoken` rank file (cl100k
+    pre-tokenisation), or `tiktoken:NAME` for an encoding tiktoken already has in its local cache.
+    """
+    spec = str(tokenizer)
+    if spec.startswith("tiktoken:") or spec.endswith(".tiktoken"):
+        import tiktoken
+
+        if spec.startswith("tiktoken:"):
+            try:
+                enc = tiktoken.get_encoding(spec.split(":", 1)[1])
+            except Exception as e:  # no network here: only cached encodings load
+                raise FileNotFoundError(f"{spec}: tiktoken encoding not available locally ({e})") from None
+        else:
+            from tiktoken.load import load_tiktoken_bpe
+
+            if not Path(spec).is_file():
+                raise FileNotFoundError(f"{spec}: no such tiktoken file")
+            enc = tiktoken.Encoding(Path(spec).stem, pat_str=_CL100K_PAT,
+                                    mergeable_ranks=load_tiktoken_bpe(spec), special_tokens={})
+        return lambda texts: [len(ids) for ids in enc.encode_ordinary_batch(texts)]
+    from tokenizers import Tokenizer
+
+    path = Path(spec) / "tokenizer.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not a Hugging Face tokenizer folder (no tokenizer.json)")
+    tok = Tokenizer.from_file(str(path))
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # _fast skips offsets (tokenizers >= 0.20)
+    return lambda texts: [len(e.ids) for e in encode(texts, add_special_tokens=False)] if texts else []
+
+
+@dataclass
+class Unit:
+    start: int
+    end: int
+    tokens: int
+    path: tuple[str, ...]  # heading path where the unit starts
+    at_heading: bool  # the unit starts with its own heading
+    heading_only: bool = False  # a lone heading: it moves to the next chunk rather than end one
+
+
+@dataclass
+class Chunk:
+    start: int
+    end: int
+    path: tuple[str, ...]
+    prefix: str
+    tokens: int = -1  # -1 until counted
+
+
+def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Contiguous pieces of text[start:end], each ending after sentence punctuation or a newline."""
+    cuts = [m.end() for m in _SENTENCE_END.finditer(text, start, end)]
+    bounds = [start] + [c for c in cuts if start < c < end] + [end]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
+
+
+def _fit_prefix(text: str, start: int, end: int, budget: int, count: Counter) -> int:
+    """The largest end' in (start, end] with count(text[start:end']) <= budget (binary search; at least 1 char)."""
+    lo, hi = start + 1, end
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count([text[start:mid]])[0] <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _units(text: str, budget: int, count: Counter) -> tuple[list[Unit], dict[str, int]]:
+    """Sections that fit, else their blocks that fit, else sentences, else hard cuts; in text order."""
+    bl = blocks(text)
+    stats = {"sentence_splits": 0, "hard_splits": 0}
+    if not bl:
+        return [], stats
+    paths, stack = [], []
+    for b in bl:
+        if b.kind == "heading":
+            stack = [(lvl, t) for lvl, t in stack if lvl < b.level] + [(b.level, b.title)]
+        paths.append(tuple(t for _, t in stack))
+    sections: list[list[int]] = []
+    for i, b in enumerate(bl):
+        if b.kind == "heading" or not sections:
+            sections.append([])
+        sections[-1].append(i)
+    section_tokens = count([text[bl[sec[0]].start : bl[sec[-1]].end] for sec in sections])
+    big = [i for sec, n in zip(sections, section_tokens) if n > budget for i in sec]
+    block_tokens = dict(zip(big, count([text[bl[i].start : bl[i].end] for i in big])))
+
+    units: list[Unit] = []
+    for sec, sec_tokens in zip(sections, section_tokens):
+        first = bl[sec[0]]
+        if sec_tokens <= budget:
+            units.append(Unit(first.start, bl[sec[-1]].end, sec_tokens, paths[sec[0]], first.kind == "heading"))
+            continue
+        for i in sec:
+            b = bl[i]
+            if block_tokens[i] <= budget:
+                units.append(Unit(b.start, b.end, block_tokens[i], paths[i], b.kind == "heading", b.kind == "heading"))
+                continue
+            stats["sentence_splits"] += 1
+            units.extend(_split_span(text, b.start, b.end, budget, count, paths[i], stats))
+    return units, stats
+
+
+def _split_span(text: str, start: int, end: int, budget: int, count: Counter, path: tuple[str, ...],
+                stats: dict[str, int]) -> list[Unit]:
+    """Units of at most `budget` tokens covering text[start:end]: sentences, and hard cuts of long sentences."""
+    units = []
+    pieces = _sentences(text, start, end)
+    for (s, e), n in zip(pieces, count([text[s:e] for s, e in pieces])):
+        while n > budget:  # one sentence over the budget: cut the longest prefix that fits
+            stats["hard_splits"] += 1
+            cut = _fit_prefix(text, s, e, budget, count)
+            units.append(Unit(s, cut, count([text[s:cut]])[0], path, False))
+            s = cut
+            n = count([text[s:e]])[0]
+        if s < e:
+            units.append(Unit(s, e, n, path, False))
+    return units
+
+
+def _prefix(path: tuple[str, ...], at_heading: bool) -> str:
+    shown = path[:-1] if at_heading else path
+    return " > ".join(shown) + "\n\n" if shown else ""
+
+
+def _pack(text: str, units: list[Unit], budget: int, heading_prefix: bool, count: Counter) -> list[Chunk]:
+    groups: list[list[Unit]] = []
+    cur: list[Unit] = []
+    cur_tokens = 0
+    for u in units:
+        gap = 1 if cur and text[cur[-1].end : u.start] else 0
+        if cur and cur_tokens + gap + u.tokens > budget:
+            carry = [cur.pop()] if len(cur) > 1 and cur[-1].heading_only else []
+            if carry and carry[0].tokens + 1 + u.tokens > budget:
+                cur.append(carry.pop())  # heading and next unit cannot share a chunk anyway
+            groups.append(cur)
+            cur, cur_tokens, gap = carry, sum(c.tokens for c in carry), 1 if carry else 0
+        cur.append(u)
+        cur_tokens += gap + u.tokens
+    if cur:
+        groups.append(cur)
+    chunks = []
+    for g in groups:
+        start, end = g[0].start, g[-1].end
+        body = text[start:end]
+        start += len(body) - len(body.lstrip())
+        end -= len(body) - len(body.rstrip())
+        if start >= end:
+            continue
+        prefix = _prefix(g[0].path, g[0].at_heading) if heading_prefix else ""
+        # a chunk that is exactly one unit already has its exact count
+        known = g[0].tokens if len(g) == 1 and not prefix and (start, end) == (g[0].start, g[0].end) else -1
+        chunks.append(Chunk(start, end, g[0].path, prefix, known))
+    return chunks
+
+
+def plan_chunks(text: str, count: Counter, max_tokens: int = 4096, heading_prefix: bool = False) -> tuple[list[Chunk], dict]:
+    """Chunks (character spans + heading path + exact token count) of one document."""
+    body = text.strip()
+    if body and len(body) <= 4 * max_tokens:  # short document: likely one chunk, one count decides
+        n = count([body])[0]
+        if n <= max_tokens:
+            start = len(text) - len(text.lstrip())
+            first = blocks(body.split("\n", 1)[0])
+            path = (first[0].title,) if first and first[0].kind == "heading" else ()
+            return [Chunk(start, start + len(body), path, "", n)], {"sentence_splits": 0, "hard_splits": 0}
+    reserve = 0
+    if heading_prefix:
+        titles = [b.title for b in blocks(text) if b.kind == "heading"]
+        reserve = count([" > ".join(titles) + "\n\n"])[0] if titles else 0  # bounds every heading path
+        if reserve > max_tokens // 2:  # headings too long to repeat: no prefixes for this document
+            heading_prefix, reserve = False, 0
+    budget = max_tokens - reserve
+    units, stats = _units(text, budget, count)
+    pending = [(units, budget)]
+    done: list[Chunk] = []
+    while pending:  # re-pack any chunk whose exact count exceeds the budget with a tighter estimate
+        us, b = pending.pop()
+        chunks = _pack(text, us, b, heading_prefix, count)
+        unknown = [c for c in chunks if c.tokens < 0]
+        for c, n in zip(unknown, count([c.prefix + text[c.start : c.end] for c in unknown])):
+            c.tokens = n
+        for c in chunks:
+            n = c.tokens
+            inside = [u for u in us if u.start < c.end and u.end > c.start]
+            tighter = max(1, b - (n - max_tokens) - 1)
+            if n <= max_tokens or b <= 1:
+                done.append(c)
+            elif len(inside) > 1:
+                pending.append((inside, tighter))
+            else:  # one unit whose exact count with the prefix is over: split it finer
+                u = inside[0]
+                pending.append((_split_span(text, u.start, u.end, tighter, count, u.path, stats), tighter))
+    done.sort(key=lambda c: c.start)
+    return done, stats
+
+
+def chunk(
+    inputs: str | Path | Iterable[str | Path],
+    out: str | Path,
+    *,
+    tokenizer: str | Path,
+    max_tokens: int = 4096,
+    heading_prefix: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Chunk Document JSONL into `out`/chunks.jsonl; returns the report (also in report.json)."""
+    if max_tokens < 8:
+        raise ValueError(f"--max-tokens must be at least 8, got {max_tokens}")
+    files = input_files([inputs] if isinstance(inputs, (str, Path)) else inputs)
+    config = {"inputs": [str(f) for f in files], "tokenizer": str(tokenizer), "max_tokens": max_tokens,
+              "heading_prefix": heading_prefix}
+    count = load_counter(tokenizer)
+    run = start_run(out, "chunk", config)
+    t0 = time.time()
+    n_in = bad = docs = empty = n_chunks = split_docs = tokens = max_seen = nbytes = over = 0
+    splits = {"sentence_splits": 0, "hard_splits": 0}
+    out_dir = Path(out)
+    with JsonlWriter(out_dir / "rejects.jsonl") as rejects, JsonlWriter(out_dir / "chunks.jsonl") as writer:
+        for path in files:
+            for lineno, rec in tqdm(read_jsonl(path, require={"text": str}), desc=f"chunk {path.name}",
+                                    unit="doc", disable=not progress or None):
+                n_in += 1
+                if isinstance(rec, BadLine):
+                    bad += 1
+                    rejects.write(rec.as_reject("chunk"))
+                    continue
+                text = rec["text"]
+                nbytes += len(text.encode("utf-8"))
+                parent_id = rec.get("id") or stable_id(path.name, lineno)
+                chunks, st = plan_chunks(text, count, max_tokens, heading_prefix)
+                for k in splits:
+                    splits[k] += st[k]
+                if not chunks:
+                    empty += 1
+                    rejects.write({"path": str(path), "line": lineno, "stage": "chunk", "id": parent_id,
+                                   "reason": "no text to chunk"})
+                    continue
+                docs += 1
+                split_docs += len(chunks) > 1
+                for idx, c in enumerate(chunks):
+                    writer.write({
+                        "id": stable_id(parent_id, idx),
+                        "text": c.prefix + text[c.start : c.end],
+                        "source": rec.get("source"),
+                        "path": rec.get("path"),
+                        "format": rec.get("format"),
+                        "meta": {**(rec.get("meta") or {}), "parent_id": parent_id, "chunk_index": idx,
+                                 "chunk_count": len(chunks), "heading_path": list(c.path), "tokens": c.tokens,
+                                 "char_start": c.start, "char_end": c.end, "prefix_chars": len(c.prefix)},
+                    })
+                    n_chunks += 1
+                    tokens += c.tokens
+                    max_seen = max(max_seen, c.tokens)
+                    over += c.tokens > max_tokens
+    elapsed = time.time() - t0
+    report = {
+        "in": n_in, "docs": docs, "chunks": n_chunks, "bad_records": bad, "empty_docs": empty,
+        "removed": bad + empty, "split_docs": split_docs, "tokens": tokens, "max_chunk_tokens": max_seen,
+        "over_budget_chunks": over, **splits,
+        "mb_per_s": round(nbytes / 1e6 / max(elapsed, 1e-9), 3),
+        "outputs": {"records": "chunks.jsonl", "rejects": "rejects.jsonl"},
+    }
+    return run.finish(report)

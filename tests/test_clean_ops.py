@@ -1,0 +1,186 @@
+"""Each cleaning operator on crafted inputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from danlu.data.clean.base import changed_chars
+from danlu.data.clean.filters import BadWords, CharRatio, Length, Repetition, SFTAnswer
+from danlu.data.clean.langid import LangId
+from danlu.data.clean.markdown import blocks
+from danlu.data.clean.normalize import Invisible, Punctuation, TraditionalToSimplified, Unicode, Whitespace
+from danlu.data.clean.pii import PII, valid_id_card
+
+MARKDOWN = """# 安装指南
+
+Debian 是一个自由的操作系统。它由志愿者维护。
+第二行属于同一段落。
+
+- 第一项：apt update
+- 第二项：apt install vim
+  - 嵌套项
+
+| 命令 | 作用     |
+|------|----------|
+| ls   | 列出文件 |
+
+```bash
+for f in *.txt;  do
+    echo   "$f"
+
+
+done
+```
+
+    indented   code   keeps   its   spaces
+
+最后一段。"""
+
+
+def test_whitespace_preserves_clean_markdown_exactly():
+    assert Whitespace().apply(MARKDOWN) == MARKDOWN
+
+
+def test_whitespace_collapses_runs_but_keeps_structure():
+    messy = "第一段  有   多余空格。   \r\n第一段第二行。\n\n\n\n\n第二段。\n\n```\na    b\n\n\n\nc\n```\n\n\n"
+    out = Whitespace().apply(messy)
+    assert out == "第一段 有 多余空格。\n第一段第二行。\n\n第二段。\n\n```\na    b\n\n\n\nc\n```"
+    assert "\n" in out and out.count("\n\n") >= 2  # newlines survive: no "classical Chinese" wall of text
+
+
+def test_whitespace_optional_cjk_space_removal():
+    assert Whitespace(remove_space_between_cjk=True).apply("中 文 text 测 试") == "中文 text 测试"
+    assert Whitespace().apply("中 文") == "中 文"
+
+
+def test_unicode_forms():
+    assert Unicode(form="NFC").apply("e\u0301") == "\u00e9"
+    assert Unicode(form="NFC").apply("，ＡＢ") == "，ＡＢ"  # NFC keeps full-width forms
+    assert Unicode(form="NFKC").apply("ＡＢ１") == "AB1"
+
+
+def test_invisible_and_control_characters():
+    text = "a\u200bb\ufeffc\x00d\x07e\tf\ng\x0ch\u200d\x1b[1;31mred\x1b[0m"
+    assert Invisible().apply(text) == "abcde\tf\ng\nh\u200dred"
+    assert Invisible(keep_zwj=False).apply("x\u200dy") == "xy"
+
+
+def test_punctuation_policies():
+    p = Punctuation(policy="cjk_fullwidth")
+    assert p.apply("你好,世界!真的吗?是的:好;结束. Hello, world.") == "你好，世界！真的吗？是的：好；结束。 Hello, world."
+    assert p.apply("参见(第二章)和 (see below)") == "参见（第二章）和 (see below)"
+    assert Punctuation(policy="halfwidth").apply("ＡＢ，（１）　x") == "AB,(1) x"
+    assert Punctuation(policy="keep").apply("ＡＢ１，") == "AB1，"
+    code = "```\nprint(你好,世界)\n```"
+    assert p.apply(code) == code  # code blocks are left alone
+
+
+def test_traditional_to_simplified():
+    assert TraditionalToSimplified().apply("漢字與繁體軟體") == "汉字与繁体软体"
+
+
+def test_pii_masks_each_kind():
+    text = ("联系 zhang.san@163.com 或 13812345678，座机 010-62345678，"
+            "主页 https://example.com/a?b=1。服务器 8.8.4.4 与 2606:4700::1111。"
+            "身份证 11010519491231002X，版本 1.2.3.4.5")
+    out = PII().apply(text)
+    assert "<EMAIL>" in out and "example.com/a" not in out and "<URL>" in out
+    assert out.count("<PHONE>") == 2
+    assert out.count("<IP>") == 2
+    assert "<ID_CARD>" in out
+    assert "1.2.3.4.5" in out  # not an IP address
+
+
+def test_pii_leaves_technical_content_alone():
+    text = ("127.0.0.1 localhost; 网关 192.168.0.1，掩码 255.255.255.0，组播 224.0.0.251；"
+            "示例 foo@www.example.com 和 user@host.test；范围 -2147483648 到 +2147483647；正则 [0123456789]")
+    assert PII().apply(text) == text
+    assert PII(only_global_ips=False, keep_example_domains=False).apply(text).count("<IP>") == 4
+    assert PII(kinds=["email"], masks={"email": "[邮箱]"}).apply("a@b.cn 13812345678") == "[邮箱] 13812345678"
+
+
+def test_id_card_checksum():
+    assert valid_id_card("11010519491231002X")
+    assert not valid_id_card("110105194912310021")  # wrong check digit
+    assert not valid_id_card("110105194913310029")  # month 13
+    out = PII(kinds=["id_card"]).apply("号码 110105194912310021 不是身份证")
+    assert "110105194912310021" in out
+
+
+def test_length_filter():
+    f = Length(min_chars=5, max_chars=10)
+    assert f.judge("1234") and "too short" in f.judge("1234")
+    assert f.judge("12 345") is None  # whitespace not counted
+    assert "too long" in f.judge("x" * 11)
+    assert Length(min_words=3).judge("中文字") is not None  # 2 words: 中文 + 字
+    assert Length(min_words=3).judge("hello big world") is None
+
+
+def test_char_ratio_filter():
+    assert CharRatio(min_letter_ratio=0.5).judge("!!!!@@@@###abc") is not None
+    assert CharRatio(max_digit_ratio=0.3).judge("12345678 ab") is not None
+    assert CharRatio(min_cjk_ratio=0.5).judge("mostly english 中") is not None
+    assert CharRatio(min_letter_ratio=0.5, max_digit_ratio=0.3, max_symbol_ratio=0.3).judge("正常的中文句子，有标点。") is None
+
+
+def test_repetition_rules():
+    rep = Repetition()
+    lines = "\n".join(["同一行重复出现"] * 5 + ["不同的一行", "另一行内容"])
+    assert "duplicate" in rep.judge(lines)
+    assert "top 2-gram" in Repetition(max_dup_line_frac=1, max_dup_line_char_frac=1).judge("买买 买买 " * 30)
+    normal = "Debian 是一个自由的操作系统。它由遍布全球的志愿者共同维护，提供数万个软件包。用户可以自由地使用、修改和分发。"
+    assert rep.judge(normal) is None
+    repeated_phrase = ("the quick brown fox jumps over the lazy dog and runs away " * 4) + "finally something else here"
+    assert "duplicated" in Repetition(max_top_ngram_char_frac={}).judge(repeated_phrase)
+    code = "说明。\n\n```\n}\n}\n}\n}\n```"
+    assert rep.judge(code) is None  # repeated lines inside code are ignored
+
+
+def test_bad_words(tmp_path):
+    words = tmp_path / "bad.txt"
+    words.write_text("赌博\nspam\n", encoding="utf-8")
+    f = BadWords(files=[str(words)])
+    assert "赌博" in f.judge("网上赌博网站")
+    assert f.judge("This is SPAM.") is not None
+    assert f.judge("spammer classes") is None  # ASCII words match whole words only
+    assert BadWords(words=["坏"], max_hits=1).judge("坏") is None
+    with pytest.raises(FileNotFoundError):
+        BadWords(files=[str(tmp_path / "missing.txt")]).judge("x")
+
+
+def test_sft_answer_filter():
+    f = SFTAnswer(min_answer_chars=2)
+    ok = {"messages": [{"role": "user", "content": "问题"}, {"role": "assistant", "content": "完整的回答"}]}
+    assert f.judge_record(ok, "") is None
+    short = {"messages": [{"role": "user", "content": "选哪个?"}, {"role": "assistant", "content": "B"}]}
+    assert "too short" in f.judge_record(short, "")
+    no_answer = {"messages": [{"role": "user", "content": "你好"}]}
+    assert "assistant" in f.judge_record(no_answer, "")
+
+
+def test_langid_restricted_languages():
+    f = LangId(languages=["chinese", "english", "french"], keep=["chinese"])
+    assert f.judge("这是一段中文文本，用来测试语言识别。") is None
+    assert "english" in f.judge("This is an English sentence about operating systems.")
+    with pytest.raises(ValueError):
+        LangId(languages=["klingon"])
+
+
+def test_changed_chars_counts_edits_not_whole_text():
+    assert changed_chars("abc", "abc") == 0
+    assert 3 <= changed_chars("A  B。\n\n\n\nC", "A B。\n\nC") <= 5  # 1 space + 2 newlines (bound: 5)
+    assert changed_chars("x" * 1000 + "\n" + "y", "x" * 1000 + "\n" + "z") == 1
+    long_text = "\n".join(f"line {i} of a long document" for i in range(2000))
+    edited = long_text.replace("line 5 of", "line  5 of").replace("\nline 1500", "\n\n\nline 1500")
+    assert changed_chars(edited, long_text) <= 4
+
+
+def test_markdown_blocks_cover_text():
+    bl = blocks(MARKDOWN)
+    kinds = [b.kind for b in bl]
+    assert kinds == ["heading", "paragraph", "list", "table", "code", "paragraph", "paragraph"]
+    pos = 0
+    for b in bl:  # between blocks only whitespace
+        assert MARKDOWN[pos : b.start].strip() == ""
+        pos = b.end
+    assert MARKDOWN[pos:].strip() == ""
