@@ -1,0 +1,135 @@
+"""Training checkpoints: everything needed to continue exactly where a run stopped.
+
+    OUT/checkpoints/step-00000200/
+      config.json, model.safetensors   the model as a plain Hugging Face folder (loads with from_pretrained)
+      trainer_state.pt                 optimizer, LR scheduler, RNG states, data-stream position, loop state
+
+A checkpoint is written into a hidden temp folder and renamed into place, so a killed run never leaves a
+half-written checkpoint that a resume would pick up. Only the newest `keep_last` are kept. Model and optimizer
+state go through torch.distributed.checkpoint's full (unsharded) state dicts, so the same code saves a plain,
+DDP or FSDP model, and a checkpoint written by N processes resumes under any other number.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from danlu.train.distributed import DistInfo, barrier, unwrap
+
+STATE_FILE = "trainer_state.pt"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoints(root: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint under `root`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and (p / STATE_FILE).exists():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    found = checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler, stream_state: dict, loop_state: dict, info: DistInfo, keep_last: int = 3) -> Path:
+    """Write checkpoint `step` (every process must call this: gathering FSDP shards is collective)."""
+    root = Path(root)
+    model_sd, optim_sd = get_state_dict(model, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    final = root / f"step-{step:08d}"
+    if info.is_main:
+        tmp = root / f".tmp-step-{step:08d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_hf(unwrap(model), tmp, model_sd)
+        torch.save({"step": step, "optimizer": optim_sd, "scheduler": scheduler.state_dict(),
+                    "stream": stream_state, "loop": loop_state, "rng": rng_state()}, tmp / STATE_FILE)
+        if final.exists():  # re-saving a step after a spike rollback: the old one is from the discarded run
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for _, old in checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def save_hf(model: torch.nn.Module, folder: Path, state_dict: dict) -> None:
+    """save_pretrained without transformers' per-save progress bar (it would break the training bar)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(folder, state_dict=state_dict)
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler) -> dict:
+    """Restore model, optimizer, scheduler and RNG from `path`; returns the saved state (step, stream, loop).
+    Every process reads the folder itself (one node, or a filesystem shared by the nodes)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    model_sd: dict[str, torch.Tensor] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        model_sd.update(load_file(f))
+    _fill_tied(unwrap(model), model_sd)
+    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(full_state_dict=True))
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return state
+
+
+def _fill_tied(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """save_pretrained stores a tied output embedding once; put it back under its own key for loading."""
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    if out is None or out.weight is not inp.weight:
+        return
+    keys = [n for n, p in model.named_parameters(remove_duplicate=False) if p is out.weight]
+    present = next((k for k in keys if k in sd), None)
+    if present is not None:
+        for k in keys:
+            sd.setdefault(k, sd[present])
+
+
+def remove_after(root: str | Path, step: int) -> None:
+    """Drop checkpoints newer than `step` (after a rollback they belong to a discarded stretch of training)."""
+    for s, p in checkpoints(root):
+        if s > step:
+            shutil.rmtree(p, ignore_errors=True)

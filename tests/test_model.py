@@ -1,0 +1,114 @@
+"""Model creation, document masking and the packed-batch loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from danlu.config import ConfigError, validate
+from danlu.model.attention import document_causal_mask, document_ids
+from danlu.model.create import ModelSpec, create_model
+from danlu.train.objectives import causal_lm, lm_logits
+from train_fixtures import one_thread, pack_rows, random_docs, tiny_llama, train_tokenizer
+
+
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+
+
+def test_document_ids_restart_where_positions_restart():
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 0, 1], [3, 4, 0, 1, 2, 3, 0, 1]])
+    assert document_ids(pos).tolist() == [[1, 1, 1, 2, 2, 3, 4, 4], [1, 1, 2, 2, 2, 2, 3, 3]]
+    m = document_causal_mask(pos)[0, 0]
+    assert m.shape == (8, 8) and m.dtype == torch.bool
+    assert m[4, 3] and not m[3, 2] and not m[3, 4] and not m[7, 5] and m[7, 6]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_doc_mask_logits_equal_each_document_run_alone(attn):
+    model = tiny_llama(attn=attn).eval()
+    docs = random_docs(6, seed=1, lo=4, hi=20)
+    row = pack_rows(docs, 128)[0]
+    batch = {k: v[None] for k, v in row.items()}
+    n = sum(len(d) for d in docs)
+    with torch.no_grad():
+        packed = lm_logits(model, batch, doc_mask=True)[0, :n]
+        alone = torch.cat([model(input_ids=torch.tensor([d])).logits[0] for d in docs])
+        unmasked = lm_logits(model, batch, doc_mask=False)[0, :n]
+    assert torch.allclose(packed, alone, atol=1e-5)
+    assert not torch.allclose(unmasked, alone, atol=1e-2)  # without the mask, later documents see earlier ones
+
+
+def test_packed_loss_is_token_weighted_mean_of_document_losses():
+    """Token-weighted: loss = sum of all target-token losses / number of targets, i.e. the per-document mean
+    losses weighted by each document's target count (a document's first token has no target)."""
+    model = tiny_llama().eval()
+    docs = random_docs(12, seed=2, lo=3, hi=25)
+    rows = pack_rows(docs, 64)
+    batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+    objective = causal_lm(doc_mask=True)
+    with torch.no_grad():
+        packed = float(objective.loss_sum(model, batch)) / objective.count(batch)
+        per_doc, counts = [], []
+        for d in docs:
+            logits = model(input_ids=torch.tensor([d])).logits[0, :-1]
+            per_doc.append(float(torch.nn.functional.cross_entropy(logits, torch.tensor(d[1:]))))
+            counts.append(len(d) - 1)
+    weighted = sum(l * c for l, c in zip(per_doc, counts)) / sum(counts)
+    assert objective.count(batch) == sum(counts)
+    assert packed == pytest.approx(weighted, abs=1e-5)
+    # the plain per-document mean is a different quantity (short documents would count as much as long ones)
+    assert abs(sum(per_doc) / len(per_doc) - weighted) > 1e-4
+    with torch.no_grad():
+        unmasked = float(causal_lm(doc_mask=False).loss_sum(model, batch)) / objective.count(batch)
+    assert abs(unmasked - weighted) > 1e-4
+
+
+def test_create_model_from_preset_and_dims(tmp_path):
+    tok = train_tokenizer(tmp_path / "tok")
+    model = create_model(ModelSpec(preset="tiny", tokenizer=str(tok)))
+    cfg = model.config
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_key_value_heads) == (64, 2, 2)
+    assert cfg.vocab_size == 320 and cfg.eos_token_id is not None and cfg._attn_implementation == "sdpa"
+    spec = ModelSpec(tokenizer=str(tok), hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=1,
+                     intermediate_size=64)
+    assert create_model(spec).config.num_attention_heads == 4
+    # continued pretraining: a local HF folder loads as it is
+    model.save_pretrained(tmp_path / "m")
+    again = create_model(ModelSpec(path=str(tmp_path / "m")))
+    ids = torch.tensor([[3, 4, 5]])
+    assert torch.equal(again(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ({"preset": "huge", "tokenizer": "t"}, "model.preset"),
+    ({"hidden_size": 64, "tokenizer": "t"}, "model.num_heads"),
+    ({"preset": "tiny"}, "model.tokenizer"),
+    ({"path": "p", "preset": "tiny"}, "model.path"),
+])
+def test_model_spec_errors_name_the_key(spec, needle):
+    with pytest.raises(ConfigError) as e:
+        validate(spec, ModelSpec, "cfg.yaml")
+    assert needle in str(e.value) and "cfg.yaml" in str(e.value)
+
+
+def test_bad_head_counts_are_rejected(tmp_path):
+    tok = train_tokenizer(tmp_path / "tok")
+    spec = ModelSpec(tokenizer=str(tok), hidden_size=64, num_layers=1, num_heads=4, num_kv_heads=3,
+                     intermediate_size=64)
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        create_model(spec)
+
+
+def test_fused_cross_entropy_equals_torch():
+    from danlu.train.objectives import cross_entropy_sum
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 37, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 37, (50,), generator=g)
+    labels[::7] = -100
+    ours = cross_entropy_sum(logits, labels) * 0.3
+    (g1,) = torch.autograd.grad(ours, logits)
+    ref = torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum") * 0.3
+    (g2,) = torch.autograd.grad(ref, logits)
+    assert torch.allclose(ours, ref) and torch.allclose(g1, g2)
+    assert torch.autograd.gradcheck(lambda x: cross_entropy_sum(x, labels), (logits.detach().requires_grad_(),))
