@@ -384,6 +384,7 @@ def test_source_and_relative_paths(tmp_path: Path) -> None:
     report = ingest([tmp_path / "a", tmp_path / "single.md"], tmp_path / "out", workers=1, progress=False)
     recs = [json.loads(x) for x in (tmp_path / "out" / "documents.jsonl").read_text().splitlines()]
     assert [(r["source"], r["path"]) for r in recs] == [("a", "sub/x.txt"), (tmp_path.name, "single.md")]
+    assert report["files"] == {"in": 2, "written": 2, "skipped": 0, "failed": 0}
     ingest([tmp_path / "a"], tmp_path / "out2", source="ops", workers=1, progress=False)
     rec = json.loads((tmp_path / "out2" / "documents.jsonl").read_text())
     assert rec["source"] == "ops" and rec["id"] != recs[0]["id"]

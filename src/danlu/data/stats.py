@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html as html_lib
 import io
-import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable
@@ -20,15 +19,15 @@ import numpy as np
 from danlu.data.clean.pipeline import input_files, read_records
 from danlu.data.dedup import exact_key, near_clusters
 from danlu.jsonl import BadLine
+from danlu.text import count_han
 
 MIN_CPT_TOKENS = 10_000_000  # below this, continued pretraining rarely moves a model; prefer SFT/RAG
 RECOMMENDED_CPT_TOKENS = 1_000_000_000
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 def estimate_tokens(text: str) -> int:
     """Rough token count without a tokenizer: ~1 token per CJK character, ~4 characters per token otherwise."""
-    cjk = len(_CJK.findall(text))
+    cjk = count_han(text)
     return cjk + (len(text) - cjk) // 4
 
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from danlu.text import HAN_CHAR as CJK
 from danlu.tokenizer.bytelevel import token_bytes
 from danlu.tokenizer.corpus import CorpusStats, iter_documents
 from danlu.tokenizer.encode import load_encoder
-
-CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
 
 
 def compare_tokenizers(tokenizers: list[str | Path], corpus: list[str | Path], examples: int = 5) -> dict:

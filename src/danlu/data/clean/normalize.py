@@ -14,8 +14,8 @@ from typing import Literal
 
 from danlu.data.clean.base import Transform
 from danlu.data.clean.markdown import map_outside_code
+from danlu.text import HAN as CJK
 
-CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff"
 CJK_PUNCT = r"\u3000-\u303f\uff00-\uffef"
 
 

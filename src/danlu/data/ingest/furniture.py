@@ -18,6 +18,8 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass
 
+from danlu.text import ENDS_WIDE, STARTS_WIDE
+
 EDGE_BAND = 0.1  # fraction of the page height at top and bottom where running headers/footers live
 EDGE_LINES = 3  # how many lines from each edge can be furniture
 
@@ -42,9 +44,6 @@ _PAGE_NUMBER = re.compile(
     re.I,
 )
 _LEADER = re.compile(r"(?:\s*\.){4,}\s*\d+\s*$")  # table-of-contents dot leaders and the page number after them
-_CJK = "\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f"
-_CJK_END = re.compile(f"[{_CJK}]$")
-_CJK_START = re.compile(f"^[{_CJK}]")
 
 
 _FURNITURE_NOISE = re.compile(r"[\s/|·•\-–—.,:]+")
@@ -97,7 +96,7 @@ def remove_furniture(pages: list[list[Line]], heights: list[float], min_repeats:
 
 
 def _joiner(prev: str, nxt: str) -> str:
-    if _CJK_END.search(prev) or _CJK_START.search(nxt):
+    if ENDS_WIDE.search(prev) or STARTS_WIDE.search(nxt):
         return ""
     return " "
 

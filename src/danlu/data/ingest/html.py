@@ -11,6 +11,7 @@ from markdownify import MarkdownConverter
 from danlu.data.ingest.base import Extracted, ReadResult
 from danlu.data.ingest.encoding import decode
 from danlu.data.ingest.errors import IngestFailure
+from danlu.text import WIDE
 
 # Elements that never carry document content.
 _DROP_TAGS = ["script", "style", "noscript", "nav", "header", "footer", "aside", "form", "iframe", "svg",
@@ -25,8 +26,7 @@ _DROP_CLASSES = {
 }
 # DocBook renders admonitions (note/tip/warning) as a 2x2 layout table with an icon column.
 _ADMONITIONS = {"note", "tip", "warning", "caution", "important"}
-_CJK = r"\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f"
-_SOFT_BREAK_CJK = re.compile(rf"(?<=[{_CJK}])[ \t]*\n\s*(?=[{_CJK}])")
+_SOFT_BREAK_CJK = re.compile(rf"(?<=[{WIDE}])[ \t]*\n\s*(?=[{WIDE}])")
 _SOFT_BREAK = re.compile(r"[ \t]*\n\s*")
 _CHARSET_RE = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_\-]+)""", re.I)
 

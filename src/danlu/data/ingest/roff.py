@@ -13,6 +13,7 @@ import re
 from danlu.data.ingest.base import Extracted, ReadResult
 from danlu.data.ingest.encoding import decode
 from danlu.data.ingest.errors import IngestFailure, SkipFile
+from danlu.text import ENDS_WIDE, STARTS_WIDE
 
 _SPECIAL = {
     "bu": "•", "em": "—", "en": "–", "hy": "-", "mi": "-", "aq": "'", "dq": '"', "lq": "“", "rq": "”",
@@ -37,7 +38,6 @@ _ESCAPES = [
     (re.compile(r"\\[e\\]"), lambda m: "\\"),
     (re.compile(r"\\(.)"), lambda m: m.group(1)),  # any other escaped character stands for itself
 ]
-_CJK = "\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f"
 _IGNORED = {"PD", "ad", "na", "hy", "nh", "ne", "ft", "ps", "vs", "ta", "in", "ti", "ll", "ns",
             "rs", "ev", "mk", "rt", "nr", "ds", "so", "ig", "de", "am", "IX", "UC", "DT", "Bl", "El", "Os",
             "Dd", "ce", "cs", "tr", "hw", "lf", "pc", "ss", "fam", "ec", "eo", "bp", "pl", "wh", "tm",
@@ -94,7 +94,7 @@ class _Writer:
         if not s:
             self.flush()
             return
-        if self.para and not (re.search(f"[{_CJK}]$", self.para[-1]) or re.match(f"[{_CJK}]", s)):
+        if self.para and not (ENDS_WIDE.search(self.para[-1]) or STARTS_WIDE.search(s)):
             self.para.append(" ")
         self.para.append(s)
 

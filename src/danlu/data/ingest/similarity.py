@@ -9,15 +9,14 @@
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections import Counter
 
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+from danlu.text import HAN_CHAR
 
 
 def cjk_chars(text: str) -> list[str]:
-    return _HAN.findall(text)
+    return HAN_CHAR.findall(text)
 
 
 def _dice(a: Counter, b: Counter) -> float:
