@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up danlu in ./.venv. Idempotent: a second run only re-checks.
 #  - honours a torch that is already importable (the venv sees system site-packages then);
-#  - otherwise installs torch==2.13.0, which resolves to the local CPU wheel here, never the CUDA build.
+#  - otherwise installs a CPU build of torch (the local torch==2.13.0 wheel where there is one), never CUDA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -15,7 +15,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   echo "[setup] installing the CPU build of torch"
-  .venv/bin/pip install -q "torch==2.13.0"
+  if .venv/bin/pip install -q --no-index --no-deps "torch==2.13.0" >/dev/null 2>&1; then
+    .venv/bin/pip install -q "torch==2.13.0"  # the local CPU wheel is in; this adds its dependencies
+  else
+    # No local CPU wheel: the default Linux wheel from the package index is the multi-GB CUDA build, so take
+    # PyTorch's CPU-only build instead.
+    .venv/bin/pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+  fi
 fi
 stamp=.venv/.danlu-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then

@@ -196,6 +196,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, resume: bool = 
     objective = causal_lm(d.doc_mask)
     heldout = {src.name: heldout_batches(src, d.seq_len, micro, d.heldout_batches, d.doc_mask)
                for src in d.sources} if d.heldout_batches else {}
+    for name in [n for n, batches in heldout.items() if not batches]:
+        _say(run, f"warning: source '{name}' has too few documents for a held-out split (it takes at most a tenth "
+                  "of a store's documents): its held-out loss is not measured; add data or chunk it finer", info.is_main)
 
     probe = next(PackedBatches(d.sources, **stream_args))  # a separate stream: the real one is untouched
     step_s = est.measure_step_seconds(net, objective, probe, precision, info.device) * grad_accum
