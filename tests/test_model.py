@@ -9,7 +9,8 @@ from danlu.config import ConfigError, validate
 from danlu.model.attention import document_causal_mask, document_ids
 from danlu.model.create import ModelSpec, create_model
 from danlu.train.objectives import causal_lm, lm_logits
-from train_fixtures import one_thread, pack_rows, random_docs, tiny_llama, train_tokenizer
+from tokstore_helpers import make_tokenizer
+from train_fixtures import one_thread, pack_rows, random_docs, tiny_llama
 
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
@@ -64,7 +65,7 @@ def test_packed_loss_is_token_weighted_mean_of_document_losses():
 
 
 def test_create_model_from_preset_and_dims(tmp_path):
-    tok = train_tokenizer(tmp_path / "tok")
+    tok = make_tokenizer(tmp_path / "tok", vocab_size=320)
     model = create_model(ModelSpec(preset="tiny", tokenizer=str(tok)))
     cfg = model.config
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_key_value_heads) == (64, 2, 2)
@@ -92,7 +93,7 @@ def test_model_spec_errors_name_the_key(spec, needle):
 
 
 def test_bad_head_counts_are_rejected(tmp_path):
-    tok = train_tokenizer(tmp_path / "tok")
+    tok = make_tokenizer(tmp_path / "tok", vocab_size=320)
     spec = ModelSpec(tokenizer=str(tok), hidden_size=64, num_layers=1, num_heads=4, num_kv_heads=3,
                      intermediate_size=64)
     with pytest.raises(ValueError, match="num_kv_heads"):

@@ -16,7 +16,8 @@ from danlu.train.loop import LoopConfig, train
 from danlu.train.objectives import causal_lm
 from danlu.train.pretrain import pretrain
 from danlu.train.schedule import lr_multiplier
-from train_fixtures import one_thread, make_texts, tiny_llama, token_store, train_tokenizer
+from tokstore_helpers import make_store, make_tokenizer
+from train_fixtures import one_thread, make_texts, tiny_llama
 
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
@@ -25,9 +26,9 @@ _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("pt-data")
-    tok = train_tokenizer(tmp / "tok")
-    return {"tok": tok, "ops": token_store(tmp, tok, "ops", make_texts(150, 1)),
-            "gen": token_store(tmp, tok, "gen", make_texts(300, 2))}
+    tok = make_tokenizer(tmp / "tok", vocab_size=320)
+    return {"tok": tok, "ops": make_store(tmp, tok, "ops", texts=make_texts(150, 1)),
+            "gen": make_store(tmp, tok, "gen", texts=make_texts(300, 2))}
 
 
 def config(stores: dict, **sections) -> dict:
@@ -247,8 +248,8 @@ def test_pretrain_on_the_real_debian_corpus(debian_corpus, tmp_path):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>").save_pretrained(
         tmp_path / "tok")
-    stores = {"tok": tmp_path / "tok", "ops": token_store(tmp_path, tmp_path / "tok", "ops", ops),
-              "gen": token_store(tmp_path, tmp_path / "tok", "gen", general)}
+    stores = {"tok": tmp_path / "tok", "ops": make_store(tmp_path, tmp_path / "tok", "ops", texts=ops),
+              "gen": make_store(tmp_path, tmp_path / "tok", "gen", texts=general)}
     cfg = config(stores, train={"max_steps": 80, "batch_size": 8, "micro_batch_size": 8}, optim={"lr": 5e-3},
                  data={"seq_len": 128, "heldout_batches": 2}, schedule={"warmup_steps": 5}, eval={"every": 0},
                  checkpoint={"every": 0})

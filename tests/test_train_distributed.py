@@ -15,7 +15,8 @@ from danlu.config import validate
 from danlu.train.config import PretrainConfig
 from danlu.train.pretrain import pretrain
 from test_train import config, step_losses
-from train_fixtures import make_texts, one_thread, token_store, train_tokenizer
+from tokstore_helpers import make_store, make_tokenizer
+from train_fixtures import make_texts, one_thread
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
@@ -23,9 +24,9 @@ _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("dist")
-    tok = train_tokenizer(tmp / "tok")
-    data = {"tok": tok, "ops": token_store(tmp, tok, "ops", make_texts(150, 1)),
-            "gen": token_store(tmp, tok, "gen", make_texts(300, 2))}
+    tok = make_tokenizer(tmp / "tok", vocab_size=320)
+    data = {"tok": tok, "ops": make_store(tmp, tok, "ops", texts=make_texts(150, 1)),
+            "gen": make_store(tmp, tok, "gen", texts=make_texts(300, 2))}
     cfg = config(data, train={"max_steps": 5}, eval={"every": 0}, checkpoint={"every": 0},
                  log={"every": 1, "progress": False, "tensorboard": False})
     path = tmp / "pt.yaml"

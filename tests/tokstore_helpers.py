@@ -1,6 +1,6 @@
 """Test helpers: a tiny byte-level BPE tokenizer trained on made-up text, Document JSONL, and token stores.
 
-Used by the pretraining-data tests (and usable by the training-loop tests) to build real stores in seconds.
+Used by the pretraining-data and training-loop tests to build real tokenizers and stores in seconds.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ def make_text(rng: random.Random, n_words: int) -> str:
 
 
 def make_tokenizer(folder: Path, vocab_size: int = 300) -> Path:
-    """Train a byte-level BPE (special tokens <|bos|> <|eos|> <|pad|>) on generated text; save tokenizer.json."""
+    """Train a byte-level BPE (special tokens <|bos|> <|eos|> <|pad|>) on generated text; save an HF folder."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
 
     rng = random.Random(0)
     tok = Tokenizer(models.BPE())
@@ -30,8 +31,8 @@ def make_tokenizer(folder: Path, vocab_size: int = 300) -> Path:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|bos|>", "<|eos|>", "<|pad|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator([make_text(rng, 50) for _ in range(200)], trainer=trainer)
-    folder.mkdir(parents=True, exist_ok=True)
-    tok.save(str(folder / "tokenizer.json"))
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>",
+                            pad_token="<|pad|>").save_pretrained(folder)
     return folder
 
 
@@ -50,11 +51,24 @@ def write_docs(path: Path, n_docs: int, source: str = "ops", seed: int = 0, max_
     return docs
 
 
-def make_store(root: Path, tokenizer: Path, name: str, n_docs: int, seed: int = 0, max_words: int = 120) -> Path:
-    """A finished token store of `n_docs` generated documents under root/name."""
+def write_texts(path: Path, texts: list[str], source: str) -> Path:
+    """Document records of the given texts, one per line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for i, t in enumerate(texts):
+            f.write(json.dumps(document(t, source, f"{source}.txt", "txt", position=i), ensure_ascii=False) + "\n")
+    return path
+
+
+def make_store(root: Path, tokenizer: Path, name: str, n_docs: int = 0, seed: int = 0, max_words: int = 120,
+               texts: list[str] | None = None) -> Path:
+    """A finished token store under root/name of `texts`, or else of `n_docs` generated documents."""
     from danlu.data.tokenize import tokenize
 
-    write_docs(root / f"{name}.jsonl", n_docs, source=name, seed=seed, max_words=max_words)
+    if texts is None:
+        write_docs(root / f"{name}.jsonl", n_docs, source=name, seed=seed, max_words=max_words)
+    else:
+        write_texts(root / f"{name}.jsonl", texts, name)
     tokenize([root / f"{name}.jsonl"], root / name, tokenizer, workers=1, progress=False)
     return root / name
 

@@ -1,9 +1,8 @@
-"""Helpers for the training tests: a tiny tokenizer trained here, tiny Llama models, packed batches."""
+"""Helpers for the training tests: tiny Llama models, packed batches, made-up texts (stores: tokstore_helpers)."""
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import torch
 
@@ -14,20 +13,6 @@ WORDS = ("apt dpkg kernel module package install remove update upgrade mirror so
 def make_texts(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 40))) + "." for _ in range(n)]
-
-
-def train_tokenizer(out: Path, vocab_size: int = 320) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|bos|>", "<|eos|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(make_texts(300), trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>").save_pretrained(out)
-    return out
 
 
 def tiny_llama(vocab_size: int = 320, seed: int = 0, attn: str = "sdpa"):
@@ -95,26 +80,6 @@ class ListStream:
 
     def load_state_dict(self, state: dict) -> None:
         self.pos = state["pos"]
-
-
-def write_docs(path: Path, texts: list[str], source: str) -> Path:
-    import json
-
-    from danlu.records import document
-
-    with open(path, "w", encoding="utf-8") as f:
-        for i, t in enumerate(texts):
-            f.write(json.dumps(document(t, source, f"{source}.txt", "text", position=i), ensure_ascii=False) + "\n")
-    return path
-
-
-def token_store(tmp: Path, tokenizer: Path, name: str, texts: list[str]) -> Path:
-    """A finished token store (D1's `danlu data tokenize`) of `texts`."""
-    from danlu.data.tokenize import tokenize
-
-    docs = write_docs(tmp / f"{name}.jsonl", texts, name)
-    tokenize([docs], tmp / f"tok-{name}", tokenizer, workers=1, progress=False)
-    return tmp / f"tok-{name}"
 
 
 def one_thread():
