@@ -173,6 +173,9 @@ def test_changed_chars_counts_edits_not_whole_text():
     long_text = "\n".join(f"line {i} of a long document" for i in range(2000))
     edited = long_text.replace("line 5 of", "line  5 of").replace("\nline 1500", "\n\n\nline 1500")
     assert changed_chars(edited, long_text) <= 4
+    # a whole article on one line with two small edits far apart counts 2, not the 30,000 characters between
+    article = "词" * 15_000 + "  " + "语" * 30_000 + "  " + "句" * 15_000
+    assert changed_chars(article, article.replace("  ", " ")) == 2
 
 
 def test_markdown_blocks_cover_text():

@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 from typing import ClassVar
 
+from rapidfuzz.distance import Levenshtein
+
 from danlu.config import StrictModel
 
 
@@ -38,8 +40,13 @@ class Filter(Step):
         return self.judge(text)
 
 
+EXACT_SPAN = 200_000  # edit distance is exact up to this span (bit-parallel, ~0.1 s at the limit)
+
+
 def _trimmed_diff(a: str, b: str) -> int:
-    """Size of the edit once the common prefix and suffix are removed: max(removed, inserted)."""
+    """Characters edited between a and b: the edit distance of what differs once the common prefix and suffix
+    are removed (one line can hold many edits far apart, e.g. a whole article on one line); beyond EXACT_SPAN
+    the span's size, max(removed, inserted), as an upper bound."""
     n = min(len(a), len(b))
     p = 0
     while p < n and a[p] == b[p]:
@@ -47,15 +54,18 @@ def _trimmed_diff(a: str, b: str) -> int:
     s = 0
     while s < n - p and a[len(a) - 1 - s] == b[len(b) - 1 - s]:
         s += 1
-    return max(len(a) - p - s, len(b) - p - s)
+    mid_a, mid_b = a[p : len(a) - s], b[p : len(b) - s]
+    if mid_a and mid_b and max(len(mid_a), len(mid_b)) <= EXACT_SPAN:
+        return Levenshtein.distance(mid_a, mid_b)
+    return max(len(mid_a), len(mid_b))
 
 
 def changed_chars(before: str, after: str) -> int:
     """Characters an operator changed: sum over edits of max(chars removed, chars inserted); 0 if unchanged.
 
     Linear-ish: lines are compared pairwise when the line count is unchanged, else aligned with difflib's
-    line matcher first, so one edit is not counted as the whole text. Within a changed block the edit size is
-    the block once its common prefix and suffix are removed (an upper bound when one block has many edits).
+    line matcher first, so one edit is not counted as the whole text; within changed lines it is their edit
+    distance (see _trimmed_diff).
     """
     if before == after:
         return 0
