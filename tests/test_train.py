@@ -150,6 +150,23 @@ class CorruptAt:
         self.inner.load_state_dict(state)
 
 
+def test_activation_checkpointing_changes_memory_not_the_losses(data, tmp_path, monkeypatch):
+    from transformers import LlamaForCausalLM
+
+    sections = dict(train={"max_steps": 4}, eval={"every": 0}, checkpoint={"every": 0})
+    plain = pretrain(validate(config(data, **sections), PretrainConfig), tmp_path / "plain")
+    enabled = []
+    real_enable = LlamaForCausalLM.activation_checkpointing_enable
+    monkeypatch.setattr(LlamaForCausalLM, "activation_checkpointing_enable",
+                        lambda self, **kw: enabled.append(self) or real_enable(self, **kw))
+    sections["train"]["activation_checkpointing"] = True
+    ckpt = pretrain(validate(config(data, **sections), PretrainConfig), tmp_path / "ckpt")
+    assert len(enabled) == 1 and enabled[0].is_activation_checkpointing
+    assert ckpt["estimate"]["memory_bytes"]["activations"] < plain["estimate"]["memory_bytes"]["activations"]
+    a, b = step_losses(tmp_path / "plain"), step_losses(tmp_path / "ckpt")
+    assert list(a) == [1, 2, 3, 4] and all(a[k] == pytest.approx(b[k], abs=1e-5) for k in a)
+
+
 def test_loss_spike_rolls_back_to_last_good_checkpoint_and_skips_the_batches(data, tmp_path):
     def fresh():
         model = tiny_llama()

@@ -175,7 +175,10 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, resume: bool = 
                          f"{model.config.vocab_size}: tokenize with the model's tokenizer")
     model.to(info.device)
     if t.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     precision, peaks = est.resolve_precision(t.precision, info.device)
     peak = peaks.get(precision, peaks["fp32"])
     n_params = count_parameters(model)
