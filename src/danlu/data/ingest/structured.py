@@ -37,26 +37,33 @@ def _finish(docs: list[Extracted], bad: list[tuple[int, str]], enc: str, unit: s
     return ReadResult(docs, {"encoding": enc}, bad_lines=bad)
 
 
+def _collect(items, text_field: str) -> tuple[list[Extracted], list[tuple[int, str]]]:
+    """(position, parsed value) pairs -> documents, and (position, reason) for values that are not records."""
+    docs, bad = [], []
+    for pos, obj in items:
+        if not isinstance(obj, dict):
+            bad.append((pos, f"expected a JSON object, got {type(obj).__name__}"))
+            continue
+        body, meta, problem = _record(obj, text_field)
+        if problem:
+            bad.append((pos, problem))
+        else:
+            docs.append(Extracted(body, pos, meta))
+    return docs, bad
+
+
 def read_jsonl(data: bytes, path, opts) -> ReadResult:
     text, enc = decode(data)
-    docs, bad = [], []
+    parsed, bad = [], []
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            parsed.append((lineno, json.loads(line)))
         except json.JSONDecodeError as e:
             bad.append((lineno, f"invalid JSON: {e.msg} at column {e.colno}"))
-            continue
-        if not isinstance(obj, dict):
-            bad.append((lineno, f"expected a JSON object, got {type(obj).__name__}"))
-            continue
-        body, meta, problem = _record(obj, opts.text_field)
-        if problem:
-            bad.append((lineno, problem))
-        else:
-            docs.append(Extracted(body, lineno, meta))
-    return _finish(docs, bad, enc, "line")
+    docs, not_records = _collect(parsed, opts.text_field)
+    return _finish(docs, sorted(bad + not_records), enc, "line")
 
 
 def read_json(data: bytes, path, opts) -> ReadResult:
@@ -65,17 +72,7 @@ def read_json(data: bytes, path, opts) -> ReadResult:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise IngestFailure(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    items = obj if isinstance(obj, list) else [obj]
-    docs, bad = [], []
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            bad.append((index, f"expected a JSON object, got {type(item).__name__}"))
-            continue
-        body, meta, problem = _record(item, opts.text_field)
-        if problem:
-            bad.append((index, problem))
-        else:
-            docs.append(Extracted(body, index, meta))
+    docs, bad = _collect(enumerate(obj if isinstance(obj, list) else [obj]), opts.text_field)
     return _finish(docs, bad, enc, "item")
 
 
