@@ -452,3 +452,34 @@ def test_pdf_bullets_become_markdown_list_items() -> None:
     lines = [Line("设备文件有两种类型。", 50, 200, 100, 110), Line("• 字符设备", 50, 120, 112, 122),
              Line("– 每次访问一个字符", 60, 160, 124, 134), Line("• 块设备", 50, 120, 136, 146)]
     assert join_paragraphs(lines) == "设备文件有两种类型。\n- 字符设备\n  - 每次访问一个字符\n- 块设备"
+
+
+def test_a_killed_import_resumes_without_reading_finished_files_again(tmp_path, monkeypatch):
+    from danlu.data.ingest import importer
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):
+        (corpus / f"doc{i}.md").write_text(f"# 第{i}篇\n\n正文第{i}段。\n", encoding="utf-8")
+    ingest([corpus], tmp_path / "clean-run", workers=1, progress=False)
+
+    monkeypatch.setattr(importer, "RESUME_MIN_SECONDS", 0.0)  # keep every outcome (real ones: slow files only)
+    real, read = importer.process_file, []
+
+    def killed_on_third(task, opts):
+        if len(read) == 2:
+            raise KeyboardInterrupt("killed")
+        read.append(task.rel)
+        return real(task, opts)
+
+    monkeypatch.setattr(importer, "process_file", killed_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        ingest([corpus], tmp_path / "out", workers=1, progress=False)
+    assert not (tmp_path / "out" / "documents.jsonl").exists()
+
+    read.clear()
+    monkeypatch.setattr(importer, "process_file", lambda task, opts: read.append(task.rel) or real(task, opts))
+    report = ingest([corpus], tmp_path / "out", workers=1, progress=False)
+    assert read == ["doc2.md", "doc3.md"] and report["files_resumed"] == 2 and report["files"]["written"] == 4
+    assert (tmp_path / "out" / "documents.jsonl").read_bytes() == (tmp_path / "clean-run" / "documents.jsonl").read_bytes()
+    assert not (tmp_path / "out" / ".resume").exists()

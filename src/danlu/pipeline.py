@@ -141,7 +141,7 @@ def build_steps(p: Pipeline, progress: bool = True) -> list[Step]:
 
 
 def _call(fn: Callable[..., dict], *args: Any, **kwargs: Any) -> Callable[[bool], dict]:
-    """A data step: it reruns from scratch (`data tokenize` resumes finished shards by itself)."""
+    """A data step: it reruns, and `data ingest` / `data tokenize` reuse the finished work of a killed run."""
     return lambda resume: fn(*args, **kwargs)
 
 

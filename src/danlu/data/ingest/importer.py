@@ -1,11 +1,17 @@
 """`ingest`: walk files and folders, read each with its format's reader (in a process pool, output in input
-order), write document records to OUT/documents.jsonl and account for every input file in report.json."""
+order), write document records to OUT/documents.jsonl and account for every input file in report.json.
+
+Resume: the outcome of every file that took RESUME_MIN_SECONDS or more to read (OCR'd or large PDFs, big
+books) is kept in OUT/.resume/ until the run finishes, keyed by the file's path, size, mtime and the options.
+A rerun after a kill reuses those and reads again only the files that were cheap to read anyway."""
 
 from __future__ import annotations
 
 import gzip
 import multiprocessing
 import os
+import pickle
+import shutil
 import time
 import zlib
 from collections import deque
@@ -22,12 +28,14 @@ from danlu.data.ingest.base import Options
 from danlu.data.ingest.errors import IngestFailure, SkipFile
 from danlu.data.ingest.formats import detect_format, reader
 from danlu.jsonl import JsonlWriter
-from danlu.records import document
-from danlu.runs import start_run
+from danlu.records import document, stable_id
+from danlu.runs import atomic_path, start_run
 
 DOCUMENTS = "documents.jsonl"
 REJECTS = "rejects.jsonl"
 REPORT_LIST_MAX = 1000  # report.json lists at most this many bad records; rejects.jsonl has them all
+RESUME_DIR = ".resume"
+RESUME_MIN_SECONDS = 0.5
 
 
 class IngestConfig(StrictModel):
@@ -194,6 +202,32 @@ def _outcomes(tasks: list[FileTask], opts: Options, workers: int, fn: Callable =
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _resume_key(task: FileTask, opts: Options) -> str:
+    try:
+        st = os.stat(task.path)
+    except OSError:
+        return ""  # unreadable now: nothing to resume, the reader will report it
+    return stable_id(task.path, task.rel, task.source, st.st_size, st.st_mtime_ns, opts.text_field, opts.ocr, length=32)
+
+
+def _resumable(tasks: list[FileTask], opts: Options, workers: int, cache: Path, resumed: list[int]
+               ) -> Iterator[FileOutcome]:
+    """`_outcomes` in task order, reusing the kept outcomes of an interrupted run and keeping the slow new ones."""
+    keys = [_resume_key(t, opts) for t in tasks]
+    kept = {i: cache / f"{k}.pkl" for i, k in enumerate(keys) if k and (cache / f"{k}.pkl").exists()}
+    fresh = _outcomes([t for i, t in enumerate(tasks) if i not in kept], opts, workers)
+    for i, key in enumerate(keys):
+        if i in kept:
+            resumed[0] += 1
+            yield pickle.loads(kept[i].read_bytes())  # our own file, written below by this code
+            continue
+        outcome = next(fresh)
+        if key and outcome.seconds >= RESUME_MIN_SECONDS:
+            with atomic_path(cache / f"{key}.pkl") as tmp:
+                tmp.write_bytes(pickle.dumps(outcome))
+        yield outcome
+
+
 def _new_format_stats() -> dict:
     return {"files": 0, "written": 0, "skipped": 0, "failed": 0, "records": 0, "chars": 0, "bytes": 0,
             "seconds": 0.0, "pages": 0, "ocr_pages": 0}
@@ -229,8 +263,9 @@ def ingest(
     counts = {"in": len(tasks), "written": 0, "skipped": 0, "failed": 0}
     totals = {"records": 0, "chars": 0, "bytes": 0, "pages": 0, "ocr_pages": 0, "bad_records": 0}
     bar = tqdm(total=len(tasks), unit="file", desc="ingest", disable=not progress, dynamic_ncols=True)
+    resumed = [0]
     with JsonlWriter(run.path(DOCUMENTS)) as writer, JsonlWriter(run.path(REJECTS)) as rejects:
-        for o in _outcomes(tasks, opts, n_workers):
+        for o in _resumable(tasks, opts, n_workers, run.path(RESUME_DIR), resumed):
             bar.update(1)
             counts[o.status] += 1
             stats = by_format.setdefault(o.format or "unknown", _new_format_stats())
@@ -261,6 +296,9 @@ def ingest(
                 if len(bad_records) < REPORT_LIST_MAX:
                     bad_records.append(entry)
     bar.close()
+    shutil.rmtree(run.path(RESUME_DIR), ignore_errors=True)  # the run is complete: nothing left to resume
+    if resumed[0]:
+        run.log.info("resumed: %d file outcomes reused from an interrupted run", resumed[0])
     # Every input file is accounted for exactly once.
     assert counts["in"] == counts["written"] + counts["skipped"] + counts["failed"], counts
     for stats in by_format.values():
@@ -269,6 +307,7 @@ def ingest(
         "inputs": cfg.inputs,
         "output": DOCUMENTS,
         "files": counts,
+        "files_resumed": resumed[0],
         **totals,
         "by_format": dict(sorted(by_format.items())),
         "failed": failed,
