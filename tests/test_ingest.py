@@ -436,6 +436,36 @@ def test_a_crashing_worker_costs_only_its_file(tmp_path: Path) -> None:
     assert "crashed" in outcomes[2].reason
 
 
+def _hang_on_poison(args):
+    """A reader stand-in that never returns on one file, as a reader stuck on a hostile PDF would."""
+    import time
+
+    from danlu.data.ingest.importer import process_file
+
+    task, opts = args
+    if task.rel == "c.txt":
+        time.sleep(600)
+    return process_file(task, opts)
+
+
+def test_a_hung_reader_costs_only_its_file(tmp_path: Path) -> None:
+    import time
+
+    from danlu.data.ingest.base import Options
+    from danlu.data.ingest.importer import _outcomes, discover
+
+    root = tmp_path / "h"
+    root.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt", "e.txt"):
+        (root / name).write_text(f"{name} 的内容")
+    t0 = time.monotonic()
+    outcomes = list(_outcomes(discover([root]), Options(), workers=2, fn=_hang_on_poison, timeout=3))
+    assert time.monotonic() - t0 < 60
+    assert [o.rel for o in outcomes] == ["a.txt", "b.txt", "c.txt", "d.txt", "e.txt"]
+    assert [o.status for o in outcomes] == ["written", "written", "failed", "written", "written"]
+    assert "longer than 3s" in outcomes[2].reason
+
+
 def test_output_inside_input_is_not_reimported_and_clashing_paths_keep_ids_apart(tmp_path: Path) -> None:
     for d in ("x", "y"):
         (tmp_path / d).mkdir()

@@ -23,6 +23,8 @@ def ingest_cmd(
     text_field: str = typer.Option("text", "--text-field", help="Field/column holding the text in jsonl/json/csv."),
     ocr: str = typer.Option("auto", "--ocr", help="OCR for PDF pages without a text layer: auto|off|force."),
     workers: int = typer.Option(0, "--workers", help="Reader processes (0: one per CPU core)."),
+    file_timeout: float = typer.Option(3600.0, "--file-timeout", help="Stop a reader stuck this many seconds on "
+                                       "one file; it fails, the run goes on (with 2+ workers; 0: no limit)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Import documents (txt, md, html, pdf, docx, epub, man pages, jsonl/json/csv) as JSONL document records."""
@@ -31,7 +33,7 @@ def ingest_cmd(
     if ocr not in ("auto", "off", "force"):
         raise typer.BadParameter(f"--ocr must be auto, off or force (got {ocr!r})")
     report = ingest(inputs, out, source=source, text_field=text_field, ocr=ocr, workers=workers or None,
-                    progress=progress)
+                    file_timeout=file_timeout or None, progress=progress)
     files = report["files"]
     typer.echo(f"files={files['in']} written={files['written']} skipped={files['skipped']} failed={files['failed']} "
                f"records={report['records']} chars={report['chars']} ocr_pages={report['ocr_pages']} -> {out}")

@@ -16,11 +16,13 @@ import time
 import zlib
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
 
+from pydantic import Field
 from tqdm import tqdm
 
 from danlu.config import StrictModel
@@ -34,6 +36,7 @@ from danlu.runs import atomic_path, start_run
 DOCUMENTS = "documents.jsonl"
 REJECTS = "rejects.jsonl"
 REPORT_LIST_MAX = 1000  # report.json lists at most this many bad records; rejects.jsonl has them all
+FILE_TIMEOUT_S = 3600.0  # a scanned book legitimately takes minutes; a reader stuck for an hour is hung
 RESUME_DIR = ".resume"
 RESUME_MIN_SECONDS = 0.5
 
@@ -45,6 +48,7 @@ class IngestConfig(StrictModel):
     text_field: str = "text"
     ocr: Literal["auto", "off", "force"] = "auto"
     workers: int | None = None
+    file_timeout: float | None = Field(FILE_TIMEOUT_S, gt=0)  # per file, with 2+ workers; None: no limit
 
 
 @dataclass
@@ -170,10 +174,12 @@ def _isolated(task: FileTask, opts: Options, fn: Callable = _process_star) -> Fi
                            "(a native library fault: the file is probably corrupt)")
 
 
-def _outcomes(tasks: list[FileTask], opts: Options, workers: int, fn: Callable = _process_star
-              ) -> Iterator[FileOutcome]:
+def _outcomes(tasks: list[FileTask], opts: Options, workers: int, fn: Callable = _process_star,
+              timeout: float | None = None) -> Iterator[FileOutcome]:
     """Outcomes in task order; in a process pool when there is more than one worker and more than one file.
-    At most a few files per worker are in flight, so a slow file never makes finished ones pile up in memory."""
+    At most a few files per worker are in flight, so a slow file never makes finished ones pile up in memory.
+    In the pool, a file whose reader runs past `timeout` seconds (counted from when it is waited for) fails
+    and its stuck worker is stopped; the run goes on."""
     if workers <= 1 or len(tasks) <= 1:
         for t in tasks:
             yield fn((t, opts))
@@ -191,9 +197,17 @@ def _outcomes(tasks: list[FileTask], opts: Options, workers: int, fn: Callable =
                 while submitted < len(tasks) and len(pending) < window:
                     pending.append(pool.submit(fn, (tasks[submitted], opts)))
                     submitted += 1
-                outcome = pending.popleft().result()
+                outcome = pending.popleft().result(timeout=timeout)
                 done += 1
                 yield outcome
+        except FutureTimeout:
+            # The executor has no public way to stop a running task: end its worker processes, then go on
+            # with a new pool (the other files in flight are submitted again).
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            yield FileOutcome(tasks[done].rel, tasks[done].source, "failed",
+                              reason=f"reading took longer than {timeout:g}s (file_timeout); the reader was stopped")
+            done += 1
         except BrokenProcessPool:
             # A worker died. The next file in order was in flight: retry it alone, then go on with a new pool.
             yield _isolated(tasks[done], opts, fn)
@@ -210,12 +224,12 @@ def _resume_key(task: FileTask, opts: Options) -> str:
     return stable_id(task.path, task.rel, task.source, st.st_size, st.st_mtime_ns, opts.text_field, opts.ocr, length=32)
 
 
-def _resumable(tasks: list[FileTask], opts: Options, workers: int, cache: Path, resumed: list[int]
-               ) -> Iterator[FileOutcome]:
+def _resumable(tasks: list[FileTask], opts: Options, workers: int, cache: Path, resumed: list[int],
+               timeout: float | None) -> Iterator[FileOutcome]:
     """`_outcomes` in task order, reusing the kept outcomes of an interrupted run and keeping the slow new ones."""
     keys = [_resume_key(t, opts) for t in tasks]
     kept = {i: cache / f"{k}.pkl" for i, k in enumerate(keys) if k and (cache / f"{k}.pkl").exists()}
-    fresh = _outcomes([t for i, t in enumerate(tasks) if i not in kept], opts, workers)
+    fresh = _outcomes([t for i, t in enumerate(tasks) if i not in kept], opts, workers, timeout=timeout)
     for i, key in enumerate(keys):
         if i in kept:
             resumed[0] += 1
@@ -241,17 +255,19 @@ def ingest(
     text_field: str = "text",
     ocr: str = "auto",
     workers: int | None = None,
+    file_timeout: float | None = FILE_TIMEOUT_S,
     progress: bool = True,
 ) -> dict:
     """Import documents from files/folders into OUT/documents.jsonl; returns the report (also OUT/report.json).
 
     `source` names the corpus in every record (default: the name of each input folder, or of a file's folder);
-    `text_field` is the field/column holding the text in jsonl/json/csv; `ocr` is auto|off|force.
+    `text_field` is the field/column holding the text in jsonl/json/csv; `ocr` is auto|off|force;
+    `file_timeout` stops a reader stuck on one file for that many seconds (with 2+ workers).
     """
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     cfg = IngestConfig(inputs=[str(p) for p in inputs], out=str(out), source=source, text_field=text_field,
-                       ocr=ocr, workers=workers)
+                       ocr=ocr, workers=workers, file_timeout=file_timeout)
     tasks = discover(cfg.inputs, cfg.source, exclude=out)
     n_workers = max(1, cfg.workers or os.cpu_count() or 1)
     run = start_run(out, "ingest", cfg)
@@ -265,7 +281,7 @@ def ingest(
     bar = tqdm(total=len(tasks), unit="file", desc="ingest", disable=not progress, dynamic_ncols=True)
     resumed = [0]
     with JsonlWriter(run.path(DOCUMENTS)) as writer, JsonlWriter(run.path(REJECTS)) as rejects:
-        for o in _resumable(tasks, opts, n_workers, run.path(RESUME_DIR), resumed):
+        for o in _resumable(tasks, opts, n_workers, run.path(RESUME_DIR), resumed, cfg.file_timeout):
             bar.update(1)
             counts[o.status] += 1
             stats = by_format.setdefault(o.format or "unknown", _new_format_stats())
