@@ -106,6 +106,14 @@ def fmt_count(n: float) -> str:
     return f"{n:.0f}"
 
 
+def fmt_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def summary(n_params: int, tokens: int, fpt: float, step_s: float, tokens_per_step: int, steps: int,
             memory: dict[str, float], peak: float, world_size: int) -> tuple[str, dict]:
     """The printed pre-training estimate and its numbers."""
@@ -117,7 +125,7 @@ def summary(n_params: int, tokens: int, fpt: float, step_s: float, tokens_per_st
            "expected_mfu": round(tps * fpt / (peak * world_size), 4) if peak else None}
     text = (f"estimate: {fmt_count(n_params)} parameters, {fmt_count(tokens)} tokens, "
             f"{total_flops:.3g} FLOPs (6ND = {6 * n_params * tokens:.3g}); measured {tps:,.0f} tokens/s "
-            f"-> ~{steps * step_s / 60:.1f} min for {steps} steps; memory ~{fmt_bytes(memory['total'])} per process "
+            f"-> ~{fmt_duration(steps * step_s)} for {steps} steps; memory ~{fmt_bytes(memory['total'])} per process "
             f"(weights+grads+AdamW {fmt_bytes(memory['weights_grads_optimizer'])}, activations "
             f"{fmt_bytes(memory['activations'])}, logits {fmt_bytes(memory['logits'])})"
             + (f"; expected MFU {est['expected_mfu']:.1%}" if est["expected_mfu"] is not None else ""))
