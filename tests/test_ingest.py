@@ -422,20 +422,6 @@ def _crash_on_poison(args):
     return process_file(task, opts)
 
 
-def test_a_crashing_worker_costs_only_its_file(tmp_path: Path) -> None:
-    from danlu.data.ingest.base import Options
-    from danlu.data.ingest.importer import _outcomes, discover
-
-    root = tmp_path / "c"
-    root.mkdir()
-    for name in ("a.txt", "b.txt", "c.txt", "d.txt", "e.txt"):
-        (root / name).write_text(f"{name} 的内容")
-    outcomes = list(_outcomes(discover([root]), Options(), workers=2, fn=_crash_on_poison))
-    assert [o.rel for o in outcomes] == ["a.txt", "b.txt", "c.txt", "d.txt", "e.txt"]  # order kept
-    assert [o.status for o in outcomes] == ["written", "written", "failed", "written", "written"]
-    assert "crashed" in outcomes[2].reason
-
-
 def _hang_on_poison(args):
     """A reader stand-in that never returns on one file, as a reader stuck on a hostile PDF would."""
     import time
@@ -448,22 +434,23 @@ def _hang_on_poison(args):
     return process_file(task, opts)
 
 
-def test_a_hung_reader_costs_only_its_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("poison, reason", [(_crash_on_poison, "crashed"), (_hang_on_poison, "longer than 3s")])
+def test_a_crashing_or_hung_reader_costs_only_its_file(tmp_path: Path, poison, reason: str) -> None:
     import time
 
     from danlu.data.ingest.base import Options
     from danlu.data.ingest.importer import _outcomes, discover
 
-    root = tmp_path / "h"
+    root = tmp_path / "c"
     root.mkdir()
     for name in ("a.txt", "b.txt", "c.txt", "d.txt", "e.txt"):
         (root / name).write_text(f"{name} 的内容")
     t0 = time.monotonic()
-    outcomes = list(_outcomes(discover([root]), Options(), workers=2, fn=_hang_on_poison, timeout=3))
+    outcomes = list(_outcomes(discover([root]), Options(), workers=2, fn=poison, timeout=3))
     assert time.monotonic() - t0 < 60
-    assert [o.rel for o in outcomes] == ["a.txt", "b.txt", "c.txt", "d.txt", "e.txt"]
+    assert [o.rel for o in outcomes] == ["a.txt", "b.txt", "c.txt", "d.txt", "e.txt"]  # order kept
     assert [o.status for o in outcomes] == ["written", "written", "failed", "written", "written"]
-    assert "longer than 3s" in outcomes[2].reason
+    assert reason in outcomes[2].reason
 
 
 def test_output_inside_input_is_not_reimported_and_clashing_paths_keep_ids_apart(tmp_path: Path) -> None:
