@@ -85,8 +85,9 @@ def test_read_jsonl_accounts_for_every_line(tmp_path):
 
 def test_ids_are_stable_and_distinct():
     assert stable_id("a", "b", 0) == stable_id("a", "b", 0) != stable_id("a", "b", 1)
-    doc = document("hi", "src", "x/y.txt", "txt", position=0, chars=2)
-    assert set(doc) == {"id", "text", "source", "path", "format", "meta"} and doc["meta"] == {"chars": 2}
+    doc = document("hi", "src", "x/y.txt", "txt", position=0, meta={"chars": 2, "source": "wiki", "path": "a/b"})
+    assert set(doc) == {"id", "text", "source", "path", "format", "meta"}
+    assert (doc["source"], doc["path"]) == ("src", "x/y.txt") and doc["meta"] == {"chars": 2, "source": "wiki", "path": "a/b"}
 
 
 def _danlu(*args):

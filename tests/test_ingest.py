@@ -297,7 +297,7 @@ def test_remove_furniture_page_numbers_and_repeats() -> None:
 
 def test_jsonl_json_csv_with_chosen_field_and_bad_lines(tmp_path: Path) -> None:
     jsonl = "\n".join([
-        json.dumps({"content": "第一条记录", "url": "http://a"}, ensure_ascii=False),
+        json.dumps({"content": "第一条记录", "url": "http://a", "source": "wiki", "path": "x/y"}, ensure_ascii=False),
         "{not json",
         json.dumps({"title": "no content field"}),
         json.dumps({"content": 42}),
@@ -309,7 +309,8 @@ def test_jsonl_json_csv_with_chosen_field_and_bad_lines(tmp_path: Path) -> None:
     report, recs = run(tmp_path, {"a.jsonl": jsonl.encode(), "b.csv": csv_data.encode("gbk"),
                                   "c.json": json_data.encode(), "d.jsonl": b"{bad\n"}, text_field="content")
     assert [r["text"] for r in recs["a.jsonl"]] == ["第一条记录", "第二条记录"]
-    assert recs["a.jsonl"][0]["meta"]["url"] == "http://a"
+    first = recs["a.jsonl"][0]  # the record's own "source"/"path" are kept in meta, not mistaken for danlu's
+    assert first["meta"]["url"] == "http://a" and first["meta"]["source"] == "wiki" and first["path"] == "a.jsonl"
     assert [r["text"] for r in recs["b.csv"]] == ["甲行文本", "乙行文本, 带逗号\n和换行"]
     assert [r["text"] for r in recs["c.json"]] == ["列表项"]
     bad = {(b["path"], b["line"]): b["reason"] for b in report["bad_record_examples"]}
@@ -321,6 +322,18 @@ def test_jsonl_json_csv_with_chosen_field_and_bad_lines(tmp_path: Path) -> None:
     assert "no usable records" in failure(report, "d.jsonl")
     ids = [r["id"] for rs in recs.values() for r in rs]
     assert len(set(ids)) == len(ids)
+
+
+def test_a_few_non_utf8_jsonl_lines_cost_only_those_lines(tmp_path: Path) -> None:
+    good = [json.dumps({"text": f"第{i}条记录"}, ensure_ascii=False).encode() for i in range(30)]
+    data = b"\n".join(good[:10] + [b'{"text": "caf\xe9"}'] + good[10:]) + b"\n"
+    report, recs = run(tmp_path, {"mixed.jsonl": data})
+    assert [r["text"] for r in recs["mixed.jsonl"]] == [f"第{i}条记录" for i in range(30)]
+    assert report["bad_records"] == 1 and "not UTF-8" in report["bad_record_examples"][0]["reason"]
+    assert report["bad_record_examples"][0]["line"] == 11
+    gbk = "\n".join(json.dumps({"text": f"第{i}条"}, ensure_ascii=False) for i in range(5)).encode("gb18030")
+    _, legacy = run(tmp_path / "gbk", {"legacy.jsonl": gbk})  # a legacy dump is still detected as a whole
+    assert [r["text"] for r in legacy["legacy.jsonl"]] == [f"第{i}条" for i in range(5)]
 
 
 # --- failures, skips and accounting --------------------------------------------------------------------------

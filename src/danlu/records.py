@@ -19,12 +19,14 @@ def stable_id(*parts: object, length: int = 16) -> str:
     return h.hexdigest()
 
 
-def document(text: str, source: str, path: str, fmt: str, position: int | str = 0, **meta: object) -> dict:
+def document(text: str, source: str, path: str, fmt: str, position: int | str = 0, meta: dict | None = None) -> dict:
+    """`meta` is a dict, not keyword arguments: an input record's own fields (a JSONL "source" or "path") land
+    there and must not collide with the parameters."""
     return {
         "id": stable_id(source, path, position),
         "text": text,
         "source": source,
         "path": path,
         "format": fmt,
-        "meta": dict(meta),
+        "meta": dict(meta or {}),
     }

@@ -52,6 +52,10 @@ def _control_ratio(text: str) -> float:
     return bad / len(sample)
 
 
+def has_bom(data: bytes) -> bool:
+    return any(data.startswith(bom) for bom, _ in _BOMS)
+
+
 def decode(data: bytes, hint: str | None = None) -> tuple[str, str]:
     """(text, encoding name) for `data`; raises IngestFailure for empty, binary or undecodable input."""
     if not data:

@@ -143,7 +143,7 @@ def process_file(task: FileTask, opts: Options) -> FileOutcome:
         result = reader(out.format)(data, Path(task.path), opts)
         for doc in result.docs:
             meta = {**result.meta, **doc.meta}
-            out.records.append(document(doc.text, task.source, task.rel, out.format, doc.position, **meta))
+            out.records.append(document(doc.text, task.source, task.rel, out.format, doc.position, meta))
         out.status, out.pages, out.ocr_pages = "written", result.pages, result.ocr_pages
         out.bad_lines = result.bad_lines
     except SkipFile as e:

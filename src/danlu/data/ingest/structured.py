@@ -8,7 +8,7 @@ import io
 import json
 
 from danlu.data.ingest.base import Extracted, ReadResult
-from danlu.data.ingest.encoding import decode
+from danlu.data.ingest.encoding import decode, has_bom
 from danlu.data.ingest.errors import IngestFailure
 
 META_MAX_CHARS = 2000  # other scalar fields are kept in meta, unless they are large (they would bloat records)
@@ -52,10 +52,31 @@ def _collect(items, text_field: str) -> tuple[list[Extracted], list[tuple[int, s
     return docs, bad
 
 
-def read_jsonl(data: bytes, path, opts) -> ReadResult:
+def _jsonl_lines(data: bytes) -> tuple[list[tuple[int, str]], list[tuple[int, str]], str]:
+    """(line number, text) pairs, undecodable lines with reasons, and the encoding. JSON Lines are UTF-8 by
+    standard: a file that is UTF-8 but for a few bad lines (at most 10%) loses only those lines, rather than
+    failing whole or being mis-detected as another encoding; anything else (valid UTF-8, a BOM, a legacy GBK
+    dump) is decoded as a whole."""
+    if not has_bom(data):
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            lines, bad = [], []
+            for lineno, raw in enumerate(data.split(b"\n"), start=1):
+                try:
+                    lines.append((lineno, raw.decode("utf-8").rstrip("\r")))
+                except UnicodeDecodeError as e:
+                    bad.append((lineno, f"not UTF-8 at byte {e.start} of the line"))
+            if len(bad) <= 0.1 * sum(1 for _, line in lines if line.strip()):
+                return lines, bad, "utf-8"
     text, enc = decode(data)
-    parsed, bad = [], []
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    return list(enumerate(text.split("\n"), start=1)), [], enc
+
+
+def read_jsonl(data: bytes, path, opts) -> ReadResult:
+    lines, bad, enc = _jsonl_lines(data)
+    parsed = []
+    for lineno, line in lines:
         if not line.strip():
             continue
         try:
