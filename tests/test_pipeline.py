@@ -62,6 +62,13 @@ def test_quickstart_runs_end_to_end_and_skips_unchanged_steps(tmp_path):
     assert third["ingest general"] == third["clean general"] == third["tokenizer"] == "ran"
     assert third["pretrain"] == "ran"
 
+    # a forced rerun of the data steps reproduces their outputs: nothing downstream is invalidated by it
+    data = yaml.safe_load(cfg.read_text())
+    data["sources"][0]["weight"] = 0.2  # a mixing weight: only pretraining depends on it
+    cfg.write_text(yaml.safe_dump(data, allow_unicode=True))
+    fourth = _status(run_pipeline(cfg, progress=False, echo=lambda s: None))
+    assert [k for k, v in fourth.items() if v == "ran"] == ["pretrain"]
+
 
 def test_bad_pretrain_section_fails_before_any_step(tmp_path):
     cfg = _quickstart(tmp_path)
@@ -92,13 +99,16 @@ def test_interrupted_pretrain_resumes_and_changed_inputs_keep_the_previous_model
         calls.append(resume)
         real(c, out_dir, resume=resume)
         (out / "report.json").unlink()  # as if killed after the last checkpoint, before the report landed
+        raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(pt, "pretrain", killed_after_checkpoint)
-    run_pipeline(cfg, progress=False, echo=lambda s: None)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, progress=False, echo=lambda s: None)
     monkeypatch.setattr(pt, "pretrain", lambda c, out_dir=None, resume=False: calls.append(resume) or real(c, out_dir, resume=resume))
     summary = _status(run_pipeline(cfg, progress=False, echo=lambda s: None))
     assert summary["pretrain"] == "ran" and calls == [False, True]  # same inputs: resumed, not restarted
 
+    assert _status(run_pipeline(cfg, progress=True, echo=lambda s: None))["pretrain"] == "skipped"  # flag only
     data = yaml.safe_load(cfg.read_text())
     data["pretrain"]["optim"]["lr"] = 1e-3  # changed inputs: a fresh run, the old model kept beside it
     cfg.write_text(yaml.safe_dump(data, allow_unicode=True))

@@ -63,9 +63,9 @@ class Pipeline(StrictModel):
         return self
 
 
-def load_pipeline(path: str | Path) -> tuple[Pipeline, Path]:
-    """The validated pipeline and the folder its relative paths are resolved against (the repo/CWD)."""
-    return validate(load_yaml(path), Pipeline, str(path)), Path.cwd()
+def load_pipeline(path: str | Path) -> Pipeline:
+    """The validated pipeline; its relative paths are resolved against the working directory."""
+    return validate(load_yaml(path), Pipeline, str(path))
 
 
 def pretrain_config(p: Pipeline, out: Path, tokenizer: Path):
@@ -99,7 +99,8 @@ def build_steps(p: Pipeline, progress: bool = True) -> list[Step]:
         ing, cln = out / "ingest" / s.name, out / "clean" / s.name
         steps.append(Step(f"ingest {s.name}", ing, _call(ingest, s.paths, ing, source=s.name,
                                                           text_field=s.text_field, progress=progress),
-                          config=s.model_dump(), inputs=[Path(x) for x in s.paths]))
+                          config=s.model_dump(include={"name", "paths", "text_field"}),  # not weight/domain
+                          inputs=[Path(x) for x in s.paths]))
         steps.append(Step(f"clean {s.name}", cln, _call(clean, [ing / "documents.jsonl"], cln, preset=p.clean.preset,
                                                          config=p.clean.config, progress=progress),
                           config=p.clean.model_dump(), inputs=[ing] + ([Path(p.clean.config)] if p.clean.config else [])))
@@ -136,7 +137,7 @@ def build_steps(p: Pipeline, progress: bool = True) -> list[Step]:
         cfg = pretrain_config(p, out, tok)
         cfg.log.progress = cfg.log.progress and progress
         steps.append(Step("pretrain", out / "pretrain", lambda resume: _pretrain(cfg, resume),
-                          config=cfg.model_dump(mode="json"), inputs=[out / "tokens" / s.name for s in p.sources] + [tok]))
+                          config=cfg.model_dump(mode="json", exclude={"log": {"progress"}}), inputs=[out / "tokens" / s.name for s in p.sources] + [tok]))
     return steps
 
 
@@ -170,7 +171,7 @@ def _stats(inputs: list[Path], tokenizer: Path, out: Path) -> dict:
 
 def run_pipeline(path: str | Path, force: bool = False, progress: bool = True,
                  echo: Callable[[str], None] = print) -> list[dict]:
-    p, _ = load_pipeline(path)
+    p = load_pipeline(path)
     if p.pretrain is not None:  # fail on a bad training section before hours of data work, not after
         pretrain_config(p, Path(p.out), Path(p.tokenizer.path or Path(p.out) / "tokenizer"))
     return run_steps(build_steps(p, progress=progress), force=force, echo=echo)

@@ -1,9 +1,10 @@
 """Run a list of steps, each skipped when its inputs are unchanged since it last finished.
 
-A step's fingerprint hashes its configuration and its inputs (files by size+mtime, upstream run folders by
-their report.json). It is stored in the step's run folder beside report.json; a step whose report is complete
-and whose fingerprint matches is skipped. A step that was killed has no report, so it runs again, told to
-resume when it was killed working on the same inputs (its `fingerprint.started` matches).
+A step's fingerprint hashes its configuration and its inputs (files by size+mtime, upstream steps by their
+own fingerprints, so a rerun upstream that changed nothing does not ripple down). It is stored in the step's
+run folder beside report.json; a step whose report is complete and whose fingerprint matches is skipped. A
+step that was killed has no report, so it runs again, told to resume when it was killed working on the same
+inputs: a marker beside its folder, `.NAME.started`, is written before it starts and removed when it ends.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from typing import Any, Callable
 from danlu.runs import atomic_write_text, read_report
 
 FINGERPRINT = "fingerprint.txt"
-STARTED = "fingerprint.started"
 
 
 def fingerprint(config: Any, inputs: list[Path]) -> str:
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for p in sorted(map(Path, inputs)):
         h.update(str(p).encode())
-        if (p / "report.json").exists():  # an upstream run folder: its report changes whenever its output does
+        if (p / FINGERPRINT).exists():  # an upstream step: same inputs, same (deterministic) output
+            h.update((p / FINGERPRINT).read_bytes())
+        elif (p / "report.json").exists():  # a run folder made outside the pipeline
             h.update((p / "report.json").read_bytes())
         elif p.is_dir():
             for f in sorted(q for q in p.rglob("*") if q.is_file()):
@@ -57,12 +59,13 @@ def run_steps(steps: list[Step], force: bool = False, echo: Callable[[str], None
             echo(f"[skip] {step.name}: inputs unchanged ({step.out})")
             summary.append({"step": step.name, "status": "skipped", "out": str(step.out)})
             continue
-        started = step.out / STARTED
+        started = step.out.parent / f".{step.out.name}.started"  # beside: the step may replace its folder
         resume = not done and started.exists() and started.read_text().strip() == fp
         echo(f"[{'resume' if resume else 'run'}] {step.name} -> {step.out}")
+        atomic_write_text(started, fp + "\n")
         t0 = time.time()
         step.run(resume)
-        atomic_write_text(started, fp + "\n")  # the folder may have been recreated by the step
         atomic_write_text(fp_file, fp + "\n")
+        started.unlink()
         summary.append({"step": step.name, "status": "ran", "elapsed_s": round(time.time() - t0, 2), "out": str(step.out)})
     return summary
