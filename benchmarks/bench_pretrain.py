@@ -77,7 +77,7 @@ def pt_config(tok_dir: Path, stores: dict[str, Path], args, doc_mask: bool) -> d
                   "num_kv_heads": 2, "intermediate_size": 352, "max_position_embeddings": args.seq_len},
         "data": {"sources": [{"name": "ops", "store": str(stores["ops"]), "weight": 0.5, "domain": True},
                              {"name": "general", "store": str(stores["general"]), "weight": 0.5}],
-                 "seq_len": args.seq_len, "doc_mask": doc_mask, "max_domain_ratio": 0.5, "heldout_batches": 4},
+                 "seq_len": args.seq_len, "doc_mask": doc_mask, "max_domain_ratio": 0.5, "heldout_rows": 32},
         "train": {"max_steps": args.steps, "batch_size": args.batch, "micro_batch_size": args.batch,
                   "precision": "auto", "seed": 0},
         "optim": {"lr": 2e-3, "weight_decay": 0.1, "grad_clip": 1.0},

@@ -134,6 +134,11 @@ def test_ranks_together_equal_the_single_process_stream(stores):
         for k in whole:
             assert torch.equal(torch.cat([p[k] for p in parts]), whole[k])
     assert ranks[1].state_dict() == ranks[0].state_dict()
+    # a checkpoint written by 3 processes resumes in 1 process with another micro-batch size, row for row
+    resumed = _stream(stores, batch_size=3)
+    resumed.load_state_dict(ranks[0].state_dict())
+    whole = torch.cat([next(single)["input_ids"] for _ in range(2)])
+    assert torch.equal(torch.cat([next(resumed)["input_ids"] for _ in range(4)]), whole)
 
 
 def test_epochs_cover_every_training_doc_once_reshuffled_and_seeded(stores):

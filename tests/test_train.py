@@ -36,7 +36,7 @@ def config(stores: dict, **sections) -> dict:
         "model": {"preset": "tiny", "tokenizer": str(stores["tok"])},
         "data": {"sources": [{"name": "ops", "store": str(stores["ops"]), "weight": 0.15, "domain": True},
                              {"name": "gen", "store": str(stores["gen"]), "weight": 0.85}],
-                 "seq_len": 64, "doc_mask": True, "heldout_batches": 1},
+                 "seq_len": 64, "doc_mask": True, "heldout_rows": 2},
         "train": {"max_steps": 8, "batch_size": 4, "micro_batch_size": 2, "precision": "fp32"},
         "optim": {"lr": 3e-3},
         "schedule": {"warmup_steps": 2},
@@ -150,6 +150,25 @@ class CorruptAt:
         self.inner.load_state_dict(state)
 
 
+def test_heldout_loss_does_not_depend_on_the_micro_batch_size(data, tmp_path):
+    reports = [pretrain(validate(config(data, train={"max_steps": 2, "micro_batch_size": micro},
+                                        eval={"every": 0}, checkpoint={"every": 0}), PretrainConfig),
+                        tmp_path / f"micro{micro}") for micro in (2, 4)]
+    a, b = (r["heldout"] for r in reports)
+    assert set(a) == set(b) and all(a[k] == pytest.approx(b[k], rel=1e-4) for k in a)
+
+
+def test_a_restart_without_checkpoints_does_not_repeat_metric_lines(data, tmp_path):
+    import shutil
+
+    cfg = validate(config(data, train={"max_steps": 3}, checkpoint={"every": 0}), PretrainConfig)
+    pretrain(cfg, tmp_path / "out")
+    shutil.rmtree(tmp_path / "out" / "checkpoints")  # as if killed before its first checkpoint
+    pretrain(cfg, tmp_path / "out")
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+
+
 def test_activation_checkpointing_changes_memory_not_the_losses(data, tmp_path, monkeypatch):
     from transformers import LlamaForCausalLM
 
@@ -197,11 +216,13 @@ def test_loss_spike_rolls_back_to_last_good_checkpoint_and_skips_the_batches(dat
 
 
 def test_schedules():
-    cos = lr_multiplier("cosine", total_steps=100, warmup_steps=10, min_ratio=0.1)
+    cos = lr_multiplier("cosine", total_steps=101, warmup_steps=10, min_ratio=0.1)  # steps 0..100 run
     assert cos(0) < cos(5) < cos(9) <= 1.0 and cos(10) == pytest.approx(1.0)
-    assert cos(55) == pytest.approx(0.55) and cos(100) == pytest.approx(0.1)
+    assert cos(55) == pytest.approx(0.55) and cos(100) == pytest.approx(0.1)  # the last step ends at min
     wsd = lr_multiplier("wsd", total_steps=100, warmup_steps=10, min_ratio=0.0, decay_fraction=0.2)
-    assert wsd(10) == wsd(79) == 1.0 and wsd(90) == pytest.approx(0.5) and wsd(100) == pytest.approx(0.0)
+    assert wsd(10) == wsd(79) == 1.0 and wsd(89) == pytest.approx(0.5) and wsd(99) == pytest.approx(0.0)
+    short = lr_multiplier("wsd", total_steps=10, warmup_steps=0, min_ratio=0.1, decay_fraction=0.1)
+    assert short(8) == 1.0 and short(9) == pytest.approx(0.1)  # even a one-step decay reaches min
 
 
 @pytest.mark.parametrize("change,needle", [
@@ -268,7 +289,7 @@ def test_pretrain_on_the_real_debian_corpus(debian_corpus, tmp_path):
     stores = {"tok": tmp_path / "tok", "ops": make_store(tmp_path, tmp_path / "tok", "ops", texts=ops),
               "gen": make_store(tmp_path, tmp_path / "tok", "gen", texts=general)}
     cfg = config(stores, train={"max_steps": 80, "batch_size": 8, "micro_batch_size": 8}, optim={"lr": 5e-3},
-                 data={"seq_len": 128, "heldout_batches": 2}, schedule={"warmup_steps": 5}, eval={"every": 0},
+                 data={"seq_len": 128, "heldout_rows": 16}, schedule={"warmup_steps": 5}, eval={"every": 0},
                  checkpoint={"every": 0})
     report = pretrain(validate(cfg, PretrainConfig), tmp_path / "out")
     assert report["heldout"]["eval/gen/loss"] < math.log(1024) - 1.0

@@ -119,7 +119,9 @@ class PackedBatches:
         self.packer.load_state_dict({"pieces": []})
 
     def _fingerprint(self) -> dict:
-        return {"seq_len": self.seq_len, "global_batch": self.batch_size * self.world_size, "seed": self.seed,
+        # Not the batch size or process count: rows come out in the same order however they are grouped, so a
+        # run resumes under another number of processes or another micro-batch size.
+        return {"seq_len": self.seq_len, "seed": self.seed,
                 "doc_mask": self.doc_mask, "buffer_size": self.buffer_size, "method": self.packer.method,
                 "sources": [[s.name, s.store, s.weight, s.heldout_fraction, s.min_heldout_docs] for s in self.sources]}
 

@@ -24,7 +24,9 @@ class DataConfig(StrictModel):
     doc_mask: bool = True
     seed: int = 0
     max_domain_ratio: float = Field(0.15, gt=0, le=1)  # warn when domain sources exceed this share
-    heldout_batches: int = Field(4, ge=0)  # per source, for the held-out loss / perplexity
+    # Rows of held-out documents per source for the held-out loss / perplexity: a fixed set whatever the
+    # micro-batch size or process count, so runs stay comparable.
+    heldout_rows: int = Field(32, ge=0)
 
 
 class OptimConfig(StrictModel):

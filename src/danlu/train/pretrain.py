@@ -109,8 +109,16 @@ def save_final_model(out_dir: Path, model: torch.nn.Module, tokenizer_dir: str, 
     return final
 
 
+def _heldout(src, d, micro: int) -> list[dict]:
+    """The source's first `d.heldout_rows` held-out rows, evaluated `micro` rows at a time."""
+    from danlu.train.batches import heldout_batches
+
+    rows = heldout_batches(src, d.seq_len, 1, d.heldout_rows, d.doc_mask)
+    return [{k: torch.cat([r[k] for r in rows[i : i + micro]]) for k in rows[0]} for i in range(0, len(rows), micro)]
+
+
 def _trim_metrics(path: Path, last_step: int) -> None:
-    """On resume, drop metric lines logged after the checkpoint (they will be logged again)."""
+    """Drop metric lines logged after `last_step` (they will be logged again)."""
     if not path.exists():
         return
     keep = []
@@ -130,8 +138,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, resume: bool = 
     Returns the report (also written to OUT/report.json on rank 0)."""
     from danlu.model.create import count_parameters, create_model
     from danlu.train import estimate as est
-    from danlu.train.batches import PackedBatches, heldout_batches
-    from danlu.train.checkpoint import latest_checkpoint
+    from danlu.train.batches import PackedBatches
+    from danlu.train.checkpoint import checkpoints
     from danlu.train.distributed import init_distributed, wrap_model
     from danlu.train.evaluate import heldout_metrics
     from danlu.train.loop import LoopConfig, train
@@ -153,15 +161,16 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, resume: bool = 
     steps = t.max_steps or math.ceil(t.tokens / tokens_per_step)
 
     ckpt_dir = out / "checkpoints"
-    resume_from = latest_checkpoint(ckpt_dir)
+    found = checkpoints(ckpt_dir)
+    start_step, resume_from = found[-1] if found else (0, None)
     if resume_from is not None and not resume:
         raise ValueError(f"{out} already holds checkpoints (newest {resume_from.name}): pass --resume to continue, "
                          "or choose another output folder")
     run = start_run(out, "train-pt", cfg) if info.is_main else None
     if resume and resume_from is None:
         _say(run, f"--resume: no checkpoint in {ckpt_dir}; starting from the beginning", info.is_main)
-    if resume_from is not None and info.is_main:
-        _trim_metrics(out / "metrics.jsonl", int(resume_from.name.split("-")[1]))
+    if info.is_main:  # lines logged after the checkpoint (or, without one, by an earlier try) are logged again
+        _trim_metrics(out / "metrics.jsonl", start_step)
 
     mix = plan(d.sources, steps * tokens_per_step, d.max_domain_ratio)
     _say(run, "data mix:\n" + mix.table(), info.is_main)
@@ -197,8 +206,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, resume: bool = 
                        rank=info.rank, world_size=world)
     stream = PackedBatches(d.sources, **stream_args)
     objective = causal_lm(d.doc_mask)
-    heldout = {src.name: heldout_batches(src, d.seq_len, micro, d.heldout_batches, d.doc_mask)
-               for src in d.sources} if d.heldout_batches else {}
+    heldout = {src.name: _heldout(src, d, micro) for src in d.sources} if d.heldout_rows else {}
     for name in [n for n, batches in heldout.items() if not batches]:
         _say(run, f"warning: source '{name}' has too few documents for a held-out split (it takes at most a tenth "
                   "of a store's documents): its held-out loss is not measured; add data or chunk it finer", info.is_main)
@@ -216,7 +224,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, resume: bool = 
     if info.is_main and cfg.log.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
-        tb = SummaryWriter(str(out / "tb"), purge_step=int(resume_from.name.split("-")[1]) + 1 if resume_from else None)
+        tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
 
     def log(m: dict) -> None:
         run.log_metrics(m)
