@@ -125,17 +125,18 @@ def test_gradient_accumulation_equals_one_big_batch(data):
 
 
 class CorruptAt:
-    """A stream that returns random tokens at one call (a corrupted batch) and records what it returned."""
+    """A stream that returns random tokens at some calls (corrupted batches) and records what it returned."""
 
-    def __init__(self, inner, at: int):
-        self.inner, self.at, self.calls, self.returned = inner, at, 0, []
+    def __init__(self, inner, at: int | tuple[int, ...]):
+        self.inner, self.calls, self.returned = inner, 0, []
+        self.at = {at} if isinstance(at, int) else set(at)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
         batch = next(self.inner)
-        if self.calls == self.at:
+        if self.calls in self.at:
             g = torch.Generator().manual_seed(0)
             noise = torch.randint(2, 320, batch["input_ids"].shape, generator=g)
             batch = {**batch, "input_ids": noise, "labels": noise.clone()}
@@ -213,6 +214,20 @@ def test_loss_spike_rolls_back_to_last_good_checkpoint_and_skips_the_batches(dat
     assert len(kept) == 24
     for step in range(1, 25):
         assert result["losses"][step] == pytest.approx(ref["losses"][step], abs=1e-6), step
+
+
+def test_a_second_spike_right_after_a_rollback_keeps_the_verified_checkpoint(data, tmp_path):
+    model = tiny_llama()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier("cosine", 24, 2))
+    cfg = LoopConfig(max_steps=24, save_every=5, keep_last=3, progress=False, log_every=1,
+                     spikes=SpikeConfig(window=10, threshold=4.0, min_history=8))
+    events: list[dict] = []
+    # call 17 is step 18's batch; after the rollback to 15, call 18 is the (again corrupt) batch of step 16
+    train(model, opt, sched, CorruptAt(stream(data, 4), at=(17, 18)), causal_lm(True), cfg,
+          checkpoint_dir=tmp_path / "ck", log=events.append)
+    spikes = [e for e in events if e.get("event") == "spike"]
+    assert [(e["step"], e["rolled_back_to"]) for e in spikes] == [(18, 15), (16, 15)]
 
 
 def test_schedules():

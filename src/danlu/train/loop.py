@@ -47,10 +47,11 @@ class LoopState:
     rollbacks: int = 0
     skipped: list = field(default_factory=list)  # spike events: what was rolled back and skipped
     detector: dict = field(default_factory=dict)
+    verified: int = -1  # the checkpoint step last rolled back to: its weights are known good
 
     def to_dict(self) -> dict:
         return {"step": self.step, "tokens": self.tokens, "rollbacks": self.rollbacks,
-                "skipped": list(self.skipped), "detector": self.detector}
+                "skipped": list(self.skipped), "detector": self.detector, "verified": self.verified}
 
 
 class Stream(Iterator[dict]):
@@ -180,10 +181,11 @@ def _on_spike(state: LoopState, detector: SpikeDetector, loss: float, cfg: LoopC
     """Roll back to the newest checkpoint known good and skip the batches seen since (the stream is not rewound).
 
     A checkpoint at step c is known good once the loss at step c+1 (computed with its weights) was accepted,
-    i.e. c < state.step; the checkpoint at state.step itself may hold the update that caused the spike."""
+    i.e. c < state.step; the checkpoint at state.step itself may hold the update that caused the spike, unless
+    it is the one just rolled back to (a second spike right after a rollback comes from the data)."""
     spike_step = state.step + 1
     good = [(s, p) for s, p in checkpoints(checkpoint_dir)] if checkpoint_dir is not None else []
-    good = [(s, p) for s, p in good if s < state.step]
+    good = [(s, p) for s, p in good if s < state.step or s == state.verified]
     event: dict = {"event": "spike", "step": spike_step, "loss": loss if math.isfinite(loss) else str(loss)}
     if len(state.skipped) >= cfg.spikes.max_rollbacks:
         raise RuntimeError(f"loss spike at step {spike_step} (loss {loss}) after {len(state.skipped)} spikes already "
@@ -202,6 +204,7 @@ def _on_spike(state: LoopState, detector: SpikeDetector, loss: float, cfg: LoopC
         state.step, state.tokens = restored["step"], restored["tokens"]
         detector.load_state_dict(restored["detector"])
         state.rollbacks += 1
+        state.verified = step
         event.update(rolled_back_to=step, skipped_steps=[step + 1, spike_step],
                      skipped_micro_batches=(spike_step - step) * cfg.grad_accum)
     state.skipped.append(event)
