@@ -176,9 +176,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, resume: bool = 
     _say(run, "data mix:\n" + mix.table(), info.is_main)
 
     model = create_model(cfg.model, seed=t.seed)
-    from danlu.train.store import TokenStore
-
-    store_vocab = TokenStore(d.sources[0].store).vocab_size
+    stream = PackedBatches(d.sources, seq_len=d.seq_len, batch_size=micro, doc_mask=d.doc_mask, seed=d.seed,
+                           rank=info.rank, world_size=world)
+    store_vocab = stream.stores[0].vocab_size
     if store_vocab > model.config.vocab_size:
         raise ValueError(f"data.sources: tokens go up to vocab {store_vocab} but the model's vocabulary is "
                          f"{model.config.vocab_size}: tokenize with the model's tokenizer")
@@ -202,16 +202,15 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, resume: bool = 
     s = cfg.schedule
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier(s.kind, steps, s.warmup_steps, cfg.optim.min_lr_ratio, s.decay_fraction))
-    stream_args = dict(seq_len=d.seq_len, batch_size=micro, doc_mask=d.doc_mask, seed=d.seed,
-                       rank=info.rank, world_size=world)
-    stream = PackedBatches(d.sources, **stream_args)
     objective = causal_lm(d.doc_mask)
     heldout = {src.name: _heldout(src, d, micro) for src in d.sources} if d.heldout_rows else {}
     for name in [n for n, batches in heldout.items() if not batches]:
         _say(run, f"warning: source '{name}' has too few documents for a held-out split (it takes at most a tenth "
                   "of a store's documents): its held-out loss is not measured; add data or chunk it finer", info.is_main)
 
-    probe = next(PackedBatches(d.sources, **stream_args))  # a separate stream: the real one is untouched
+    position = stream.state_dict()
+    probe = next(stream)  # a batch to time a step with; the stream is put back where it was
+    stream.load_state_dict(position)
     step_s = est.measure_step_seconds(net, objective, probe, precision, info.device) * grad_accum
     text, estimate = est.summary(n_params, steps * tokens_per_step, fpt, step_s, tokens_per_step, steps,
                                  memory, peak, world)
