@@ -61,6 +61,14 @@ def test_run_folder_report_marks_completion(tmp_path):
     assert read_report(run.dir) is None
 
 
+def test_a_failed_try_does_not_leave_its_log_handler_behind(tmp_path):
+    start_run(tmp_path / "out", "demo", Cfg())  # raised before finish(): never closed
+    run = start_run(tmp_path / "out", "demo", Cfg())
+    run.log.info("once")
+    run.finish({})
+    assert (tmp_path / "out" / "run.log").read_text().count("once") == 1
+
+
 def test_atomic_writer_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.jsonl"
     with pytest.raises(RuntimeError):

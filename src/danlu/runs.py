@@ -126,6 +126,9 @@ def start_run(out_dir: str | Path, stage: str, config: BaseModel | dict) -> Run:
     log = logging.getLogger(f"danlu.{stage}.{out.resolve()}")
     log.setLevel(logging.INFO)
     log.propagate = False
+    for old in list(log.handlers):  # left by an earlier try in this process that raised before finish()
+        old.close()
+        log.removeHandler(old)
     handler = logging.FileHandler(out / "run.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)

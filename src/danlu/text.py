@@ -15,5 +15,11 @@ ENDS_WIDE = re.compile(f"[{WIDE}]$")
 STARTS_WIDE = re.compile(f"^[{WIDE}]")
 
 
+def join_separator(prev: str, nxt: str) -> str:
+    """What goes between two pieces of running text joined across a line break: nothing beside CJK text, else
+    a space."""
+    return "" if ENDS_WIDE.search(prev) or STARTS_WIDE.search(nxt) else " "
+
+
 def count_han(text: str) -> int:
     return len(HAN_CHAR.findall(text))

@@ -18,7 +18,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass
 
-from danlu.text import ENDS_WIDE, STARTS_WIDE
+from danlu.text import join_separator
 
 EDGE_BAND = 0.1  # fraction of the page height at top and bottom where running headers/footers live
 EDGE_LINES = 3  # how many lines from each edge can be furniture
@@ -95,12 +95,6 @@ def remove_furniture(pages: list[list[Line]], heights: list[float], min_repeats:
     return out
 
 
-def _joiner(prev: str, nxt: str) -> str:
-    if ENDS_WIDE.search(prev) or STARTS_WIDE.search(nxt):
-        return ""
-    return " "
-
-
 _BULLETS = {"•": "- ", "●": "- ", "▪": "- ", "■": "- ", "◦": "  - ", "○": "  - ", "–": "  - ", "‣": "  - "}
 
 
@@ -151,7 +145,7 @@ def join_paragraphs(lines: list[Line], headings: dict[float, int] | None = None)
         gap = ln.top - prev.top
         wrapped = prev.right >= right_margin - 3 * char and 0 <= gap <= pitch * 2
         if level[k] and level[k] == level[k - 1] and wrapped:  # a long heading that wrapped onto a second line
-            out.append(_joiner(out[-1], text) + text)
+            out.append(join_separator(out[-1], text) + text)
         elif level[k] or level[k - 1]:
             out.append("\n\n" + ("#" * level[k] + " " if level[k] else "") + text)
         elif gap > pitch * 1.45 or gap < 0:  # a wide gap (or a jump back up: a new column) ends the paragraph
@@ -159,7 +153,7 @@ def join_paragraphs(lines: list[Line], headings: dict[float, int] | None = None)
         elif is_item[k]:  # a list item starts a new line
             out.append("\n" + text)
         elif not toc_entry[k - 1] and prev.right >= right_margin - 1.5 * char:  # ran to the margin: goes on
-            out.append(_joiner(out[-1], text) + text)
+            out.append(join_separator(out[-1], text) + text)
         else:
             out.append("\n" + text)
     return "".join(out)

@@ -176,11 +176,12 @@ def _isolated(task: FileTask, opts: Options, fn: Callable = _process_star) -> Fi
 
 def _outcomes(tasks: list[FileTask], opts: Options, workers: int, fn: Callable = _process_star,
               timeout: float | None = None) -> Iterator[FileOutcome]:
-    """Outcomes in task order; in a process pool when there is more than one worker and more than one file.
+    """Outcomes in task order; in a process pool when there is more than one worker (even for one file: the pool
+    is what isolates crashes and enforces the timeout).
     At most a few files per worker are in flight, so a slow file never makes finished ones pile up in memory.
     In the pool, a file whose reader runs past `timeout` seconds (counted from when it is waited for) fails
     and its stuck worker is stopped; the run goes on."""
-    if workers <= 1 or len(tasks) <= 1:
+    if workers <= 1:
         for t in tasks:
             yield fn((t, opts))
         return
@@ -205,7 +206,7 @@ def _outcomes(tasks: list[FileTask], opts: Options, workers: int, fn: Callable =
             # with a new pool (the other files in flight are submitted again).
             for proc in list(getattr(pool, "_processes", {}).values()):
                 proc.terminate()
-            yield FileOutcome(tasks[done].rel, tasks[done].source, "failed",
+            yield FileOutcome(tasks[done].rel, tasks[done].source, "failed", seconds=timeout,
                               reason=f"reading took longer than {timeout:g}s (file_timeout); the reader was stopped")
             done += 1
         except BrokenProcessPool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 
 from danlu.data.ingest.furniture import Line
+from danlu.text import join_separator
 
 RENDER_SCALE = 1.5  # 108 dpi: body text stays legible to the recogniser, detection stays fast
 
@@ -61,13 +62,9 @@ def _merge_rows(boxes: list[Line]) -> list[Line]:
         row.sort(key=lambda b: b.left)
         text = row[0].text
         for prev, b in zip(row, row[1:]):
-            text += ("" if _cjk(prev.text[-1]) or _cjk(b.text[0]) else " ") + b.text
+            text += join_separator(prev.text, b.text) + b.text
         lines.append(Line(text, row[0].left, row[-1].right, min(b.top for b in row), max(b.bottom for b in row)))
     return lines
-
-
-def _cjk(ch: str) -> bool:
-    return "\u2e80" <= ch <= "\u9fff" or "\uf900" <= ch <= "\uffef" or "\u3000" <= ch <= "\u303f"
 
 
 def ocr_page(page) -> list[Line]:

@@ -13,7 +13,7 @@ import re
 from danlu.data.ingest.base import Extracted, ReadResult
 from danlu.data.ingest.encoding import decode
 from danlu.data.ingest.errors import IngestFailure, SkipFile
-from danlu.text import ENDS_WIDE, STARTS_WIDE
+from danlu.text import join_separator
 
 _SPECIAL = {
     "bu": "•", "em": "—", "en": "–", "hy": "-", "mi": "-", "aq": "'", "dq": '"', "lq": "“", "rq": "”",
@@ -94,8 +94,8 @@ class _Writer:
         if not s:
             self.flush()
             return
-        if self.para and not (ENDS_WIDE.search(self.para[-1]) or STARTS_WIDE.search(s)):
-            self.para.append(" ")
+        if self.para:
+            self.para.append(join_separator(self.para[-1], s))
         self.para.append(s)
 
     def line_break(self) -> None:
