@@ -513,3 +513,18 @@ def test_a_killed_import_resumes_without_reading_finished_files_again(tmp_path, 
     assert read == ["doc2.md", "doc3.md"] and report["files_resumed"] == 2 and report["files"]["written"] == 4
     assert (tmp_path / "out" / "documents.jsonl").read_bytes() == (tmp_path / "clean-run" / "documents.jsonl").read_bytes()
     assert not (tmp_path / "out" / ".resume").exists()
+
+
+def test_files_skipped_by_name_are_not_read(tmp_path: Path, monkeypatch) -> None:
+    from danlu.data.ingest import importer
+
+    real = importer._read_bytes
+
+    def guarded(task):
+        assert not task.rel.endswith(".mp4"), "a video was read into memory just to be skipped"
+        return real(task)
+
+    monkeypatch.setattr(importer, "_read_bytes", guarded)
+    report, recs = run(tmp_path, {"clip.mp4": b"\x00" * 4096, "notes.txt": "运维笔记".encode()})
+    assert report["skipped"][0]["path"] == "clip.mp4" and "not a document format" in report["skipped"][0]["reason"]
+    assert [r["text"] for r in recs["notes.txt"]] == ["运维笔记"]

@@ -26,6 +26,13 @@ NOT_DOCUMENTS = {
 _ROFF_START = re.compile(rb"^(?:\s*\n)*(?:\.\\\"|'\\\"|\.TH\s|\.Dd\s|\.so\s|\.de\s)")
 
 
+def check_name(path: Path) -> None:
+    """SkipFile for a name that is never a document, so such files (videos, archives) are not even read."""
+    suffix = path.suffix.lower()
+    if suffix in NOT_DOCUMENTS:
+        raise SkipFile(f"not a document format ({suffix})")
+
+
 def detect_format(path: Path, head: bytes) -> str:
     """The format name for `path` (whose first bytes are `head`), or SkipFile if it is not a document."""
     suffix = path.suffix.lower()
@@ -33,8 +40,7 @@ def detect_format(path: Path, head: bytes) -> str:
         return EXTENSIONS[suffix]
     if _MAN_SECTION.match(suffix):
         return "man"
-    if suffix in NOT_DOCUMENTS:
-        raise SkipFile(f"not a document format ({suffix})")
+    check_name(path)
     if head.startswith(b"%PDF-"):
         return "pdf"
     if head.startswith(b"PK\x03\x04"):

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from danlu.config import StrictModel
 from danlu.data.ingest.base import Options
 from danlu.data.ingest.errors import IngestFailure, SkipFile
-from danlu.data.ingest.formats import detect_format, reader
+from danlu.data.ingest.formats import check_name, detect_format, reader
 from danlu.jsonl import JsonlWriter
 from danlu.records import document, stable_id
 from danlu.runs import atomic_path, start_run
@@ -135,6 +135,7 @@ def process_file(task: FileTask, opts: Options) -> FileOutcome:
     try:
         if Path(task.rel).name.startswith("."):
             raise SkipFile("hidden file")
+        check_name(Path(task.rel.removesuffix(".gz").removesuffix(".GZ")))  # before reading a video into memory
         data, name = _read_bytes(task)
         out.bytes = len(data)
         out.format = detect_format(Path(name), data[:2048])
