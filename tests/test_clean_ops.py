@@ -176,6 +176,11 @@ def test_changed_chars_counts_edits_not_whole_text():
     # a whole article on one line with two small edits far apart counts 2, not the 30,000 characters between
     article = "词" * 15_000 + "  " + "语" * 30_000 + "  " + "句" * 15_000
     assert changed_chars(article, article.replace("  ", " ")) == 2
+    # every line changed and the line count changed too: still each edit, not whole blocks
+    n = 20_000
+    before = "\n\n\n".join(f"第{i}行  内容" for i in range(n))
+    after = "\n\n".join(f"第{i}行 内容" for i in range(n))
+    assert changed_chars(before, after) == n + (n - 1)  # one space per line, one newline per gap
 
 
 def test_markdown_blocks_cover_text():

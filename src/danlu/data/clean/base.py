@@ -7,10 +7,9 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import ClassVar
 
-from rapidfuzz.distance import Levenshtein
+from rapidfuzz.distance import Indel, Levenshtein
 
 from danlu.config import StrictModel
 
@@ -63,21 +62,32 @@ def _trimmed_diff(a: str, b: str) -> int:
 def changed_chars(before: str, after: str) -> int:
     """Characters an operator changed: sum over edits of max(chars removed, chars inserted); 0 if unchanged.
 
-    Linear-ish: lines are compared pairwise when the line count is unchanged, else aligned with difflib's
-    line matcher first, so one edit is not counted as the whole text; within changed lines it is their edit
-    distance (see _trimmed_diff).
+    Lines are compared pairwise when the line count is unchanged. Otherwise they are aligned first by their
+    non-whitespace content (longest common subsequence, bit-parallel in rapidfuzz; difflib's matcher went
+    quadratic on long documents with many blank lines), so lines an operator only re-spaced pair up and one
+    edit is never counted as the whole text. Within a changed line the count is its edit distance (see
+    _trimmed_diff); lines removed or added between aligned stretches pair up in order, the rest count whole.
     """
     if before == after:
         return 0
     a, b = before.split("\n"), after.split("\n")
     if len(a) == len(b):
         return sum(_trimmed_diff(x, y) for x, y in zip(a, b) if x != y)
-    total = 0
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b).get_opcodes():
-        if tag == "equal":
-            continue
-        if tag == "replace" and i2 - i1 == j2 - j1:
-            total += sum(_trimmed_diff(x, y) for x, y in zip(a[i1:i2], b[j1:j2]) if x != y)
-        else:  # whole lines inserted/removed count with their newlines
-            total += _trimmed_diff("\n".join(a[i1:i2]) + "\n" * (i2 - i1 > 0), "\n".join(b[j1:j2]) + "\n" * (j2 - j1 > 0))
-    return total
+    total, gone, new = 0, [], []
+    for op in Indel.opcodes(["".join(x.split()) for x in a], ["".join(y.split()) for y in b]):
+        if op.tag == "equal":
+            total += _unaligned(gone, new)
+            gone, new = [], []
+            pairs = zip(a[op.src_start : op.src_end], b[op.dest_start : op.dest_end])
+            total += sum(_trimmed_diff(x, y) for x, y in pairs if x != y)
+        else:
+            gone += a[op.src_start : op.src_end]
+            new += b[op.dest_start : op.dest_end]
+    return total + _unaligned(gone, new)
+
+
+def _unaligned(gone: list[str], new: list[str]) -> int:
+    """Lines removed and added between two aligned stretches: paired in order, the rest whole with newlines."""
+    k = min(len(gone), len(new))
+    return (sum(_trimmed_diff(x, y) for x, y in zip(gone[:k], new[:k]))
+            + sum(len(line) + 1 for line in gone[k:] + new[k:]))
