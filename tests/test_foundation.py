@@ -107,3 +107,16 @@ def test_cli_help_lists_every_stage():
     assert out.returncode == 0
     for stage in ("data", "tokenizer", "train"):
         assert stage in out.stdout
+
+
+def test_fallback_record_ids_differ_across_folders_and_ignore_path_spelling(tmp_path, monkeypatch):
+    from danlu.records import record_id
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = tmp_path / "a" / "x.jsonl", tmp_path / "b" / "x.jsonl"
+    assert record_id({}, a, 1) != record_id({}, b, 1)
+    monkeypatch.chdir(tmp_path)
+    assert record_id({}, "a/x.jsonl", 1) == record_id({}, a, 1) != record_id({}, a, 2)
+    assert record_id({"id": "own"}, a, 1) == "own" and record_id({"id": 7}, a, 1) == "7"
+    assert record_id({"id": ""}, a, 1) == record_id({"id": None}, a, 1) == record_id({}, a, 1)

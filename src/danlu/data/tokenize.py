@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from danlu.config import StrictModel
 from danlu.jsonl import BadLine, JsonlWriter, jsonl_files, read_jsonl
-from danlu.records import stable_id
+from danlu.records import record_id
 from danlu.runs import atomic_path, atomic_write_json, read_report, start_run
 from danlu.train.store import STORE_FORMAT, id_hash, token_dtype
 
@@ -158,8 +158,7 @@ def _shards(files: list[Path], shard_bytes: int, source: str | None):
             elif not rec["text"].strip():
                 job["rejects"].append(BadLine(str(path), lineno, "empty text").as_reject("tokenize"))
             else:
-                rid = rec.get("id")
-                job["ids"].append(rid if isinstance(rid, str) and rid else stable_id(str(path), lineno))
+                job["ids"].append(record_id(rec, path, lineno))
                 src = source or rec.get("source")
                 job["sources"].append(src if isinstance(src, str) and src else "unknown")
                 job["texts"].append(rec["text"])

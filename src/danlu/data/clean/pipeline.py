@@ -20,7 +20,7 @@ from danlu.data.clean.base import changed_chars
 from danlu.data.clean.config import CleanConfig, ExactDedup, NearDedup, load_clean_config
 from danlu.data.dedup import exact_clusters, near_clusters
 from danlu.jsonl import BadLine, JsonlWriter, jsonl_files, read_jsonl
-from danlu.records import stable_id
+from danlu.records import record_id
 from danlu.runs import start_run
 
 OUTPUT = "clean.jsonl"
@@ -154,8 +154,7 @@ def clean(
                     read_stats.reasons[_reason_key(rec.error)] += 1
                     rejects.write({**rec.as_reject("clean"), "op": "read"})
                     continue
-                if not rec.get("id"):
-                    rec["id"] = stable_id(path.name, lineno)
+                rec["id"] = record_id(rec, path, lineno)
                 chars_in += len(record_text(rec, sft))
                 original = rec
                 rec = _apply_record_steps(rec, sft, record_steps, stats)
