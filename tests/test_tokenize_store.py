@@ -170,3 +170,14 @@ def test_real_corpus_store_mix_and_stream(debian_corpus, tmp_path):
     assert share == pytest.approx(0.15, abs=0.01)
     held = heldout_batches(sources[0], 512, 8)
     assert held and all(b["input_ids"].shape[1] == 512 for b in held)
+
+
+def test_a_stage_output_folder_is_read_without_its_side_files(tok, tmp_path):
+    from danlu.data.clean import clean
+
+    write_docs(tmp_path / "in" / "a.jsonl", 20, bad_lines={3: "oops"})
+    clean([tmp_path / "in"], tmp_path / "clean", preset="pretrain", progress=False)
+    assert (tmp_path / "clean" / "rejects.jsonl").exists()
+    report = tokenize([tmp_path / "clean"], tmp_path / "store", tok, workers=1, progress=False)
+    # only clean.jsonl was read: the rejects file beside it is not taken for documents
+    assert report["rejected"] == 0 and report["records_in"] == report["docs"] > 0

@@ -66,16 +66,25 @@ def _check_fields(obj: dict, require: dict[str, type]) -> str | None:
     return None
 
 
-def jsonl_files(inputs: Iterable[str | Path]) -> list[Path]:
-    """Expand files and folders into the sorted list of .jsonl files they hold."""
+SIDE_FILES = {"rejects.jsonl", "duplicates.jsonl"}  # what stages write beside their records, in the same folder
+
+
+def jsonl_files(inputs: Iterable[str | Path], suffixes: tuple[str, ...] = (".jsonl",)) -> list[Path]:
+    """Expand files and folders into a list of input files. A folder gives its files with these suffixes, sorted,
+    but not a stage's side files (rejects, duplicates) nor hidden files and folders (resume caches, temporaries),
+    so a stage's output folder can be the next stage's input. Files named directly are taken as given."""
     out: list[Path] = []
     for p in map(Path, inputs):
         if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*.jsonl") if q.is_file()))
+            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in suffixes
+                              and q.name not in SIDE_FILES
+                              and not any(part.startswith(".") for part in q.relative_to(p).parts)))
         elif p.exists():
             out.append(p)
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
+    if not out:
+        raise FileNotFoundError(f"no {'/'.join(suffixes)} files in {', '.join(map(str, inputs))}")
     return out
 
 

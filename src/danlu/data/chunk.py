@@ -10,6 +10,7 @@ chunks is only whitespace, so the chunks give back the document (up to the separ
 
 from __future__ import annotations
 
+import bisect
 import re
 import time
 from dataclasses import dataclass
@@ -29,12 +30,17 @@ Counter = Callable[[list[str]], list[int]]
 # cl100k_base's pre-tokenisation pattern (tiktoken_ext.openai_public), for bare .tiktoken rank files
 _CL100K_PAT = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 _SENTENCE_END = re.compile(r"[。！？；!?;…]+[”’」』)）\"']*|\.(?=\s)|\n")
+# A hard cut searches at most budget * MAX_CHARS_PER_TOKEN characters ahead, so one cut costs O(budget), not
+# O(rest of the sentence). A prefix found under this cap is still within budget, just less full if tokens there
+# average more characters than this (long whitespace runs, say).
+MAX_CHARS_PER_TOKEN = 16
 
 
 def load_counter(tokenizer: str | Path) -> Counter:
-    """Token counts for a batch of texts (no special tokens).
+    """Token counts for a batch of texts (no special tokens; "<|eos|>" typed in a text counts as text).
 
-    `tokenizer`: a Hugging Face tokenizer folder (tokenizer.json), a local `.tiktoken` rank file (cl100k
+    `tokenizer`: a Hugging Face tokenizer folder (tokenizer.json; counted with the encoder `danlu data tokenize`
+    uses, so chunk counts are the token store's lengths), a local `.tiktoken` rank file (cl100k
     pre-tokenisation), or `tiktoken:NAME` for an encoding tiktoken already has in its local cache.
     """
     spec = str(tokenizer)
@@ -54,14 +60,10 @@ def load_counter(tokenizer: str | Path) -> Counter:
             enc = tiktoken.Encoding(Path(spec).stem, pat_str=_CL100K_PAT,
                                     mergeable_ranks=load_tiktoken_bpe(spec), special_tokens={})
         return lambda texts: [len(ids) for ids in enc.encode_ordinary_batch(texts)]
-    from tokenizers import Tokenizer
+    from danlu.tokenizer.encode import load_encoder
 
-    path = Path(spec) / "tokenizer.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not a Hugging Face tokenizer folder (no tokenizer.json)")
-    tok = Tokenizer.from_file(str(path))
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # _fast skips offsets (tokenizers >= 0.20)
-    return lambda texts: [len(e.ids) for e in encode(texts, add_special_tokens=False)] if texts else []
+    enc = load_encoder(spec)
+    return lambda texts: [len(ids) for ids in enc.encode_batch(texts)] if texts else []
 
 
 @dataclass
@@ -90,16 +92,25 @@ def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
 
 
-def _fit_prefix(text: str, start: int, end: int, budget: int, count: Counter) -> int:
-    """The largest end' in (start, end] with count(text[start:end']) <= budget (binary search; at least 1 char)."""
-    lo, hi = start + 1, end
-    while lo < hi:
+def _fit_prefix(text: str, start: int, end: int, budget: int, count: Counter) -> tuple[int, int]:
+    """(cut, tokens): a long prefix text[start:cut] within `budget` tokens (at least 1 char), and its count.
+
+    Searches (start, start + budget * MAX_CHARS_PER_TOKEN] only; cut == end means all of text[start:end] fits.
+    """
+    hi = min(end, start + budget * MAX_CHARS_PER_TOKEN)
+    n = count([text[start:hi]])[0]
+    if n <= budget:
+        return hi, n
+    lo, lo_n = start + 1, None  # lo_n: count of text[start:lo] once measured
+    hi -= 1
+    while lo < hi:  # binary search for the largest prefix that fits
         mid = (lo + hi + 1) // 2
-        if count([text[start:mid]])[0] <= budget:
-            lo = mid
+        n = count([text[start:mid]])[0]
+        if n <= budget:
+            lo, lo_n = mid, n
         else:
             hi = mid - 1
-    return lo
+    return lo, lo_n if lo_n is not None else count([text[start:lo]])[0]
 
 
 def _units(text: str, budget: int, count: Counter) -> tuple[list[Unit], dict[str, int]]:
@@ -144,14 +155,14 @@ def _split_span(text: str, start: int, end: int, budget: int, count: Counter, pa
     units = []
     pieces = _sentences(text, start, end)
     for (s, e), n in zip(pieces, count([text[s:e] for s, e in pieces])):
-        while n > budget:  # one sentence over the budget: cut the longest prefix that fits
-            stats["hard_splits"] += 1
-            cut = _fit_prefix(text, s, e, budget, count)
-            units.append(Unit(s, cut, count([text[s:cut]])[0], path, False))
-            s = cut
-            n = count([text[s:e]])[0]
-        if s < e:
+        if n <= budget:
             units.append(Unit(s, e, n, path, False))
+            continue
+        while s < e:  # one sentence over the budget: cut long prefixes that fit until the rest fits
+            cut, k = _fit_prefix(text, s, e, budget, count)
+            stats["hard_splits"] += cut < e
+            units.append(Unit(s, cut, k, path, False))
+            s = cut
     return units
 
 
@@ -217,13 +228,15 @@ def plan_chunks(text: str, count: Counter, max_tokens: int = 4096, heading_prefi
         unknown = [c for c in chunks if c.tokens < 0]
         for c, n in zip(unknown, count([c.prefix + text[c.start : c.end] for c in unknown])):
             c.tokens = n
-        for c in chunks:
-            n = c.tokens
-            inside = [u for u in us if u.start < c.end and u.end > c.start]
-            tighter = max(1, b - (n - max_tokens) - 1)
-            if n <= max_tokens or b <= 1:
-                done.append(c)
-            elif len(inside) > 1:
+        over = [c for c in chunks if c.tokens > max_tokens and b > 1]
+        done.extend(c for c in chunks if not (c.tokens > max_tokens and b > 1))
+        if not over:
+            continue
+        starts, ends = [u.start for u in us], [u.end for u in us]  # units are disjoint and in text order
+        for c in over:
+            inside = us[bisect.bisect_right(ends, c.start) : bisect.bisect_left(starts, c.end)]
+            tighter = max(1, b - (c.tokens - max_tokens) - 1)
+            if len(inside) > 1:
                 pending.append((inside, tighter))
             else:  # one unit whose exact count with the prefix is over: split it finer
                 u = inside[0]

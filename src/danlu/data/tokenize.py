@@ -215,8 +215,6 @@ def tokenize(
     unless `force`; an unfinished one continues from its completed shards.
     """
     files = jsonl_files(inputs)
-    if not files:
-        raise FileNotFoundError(f"no .jsonl files in {', '.join(map(str, inputs))}")
     tok_dir = Path(tokenizer)
     if not (tok_dir / "tokenizer.json").exists():
         raise FileNotFoundError(f"{tok_dir}: not a Hugging Face tokenizer folder (no tokenizer.json)")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from danlu.jsonl import BadLine, read_jsonl
+from danlu.jsonl import BadLine, jsonl_files, read_jsonl
 
 TEXT_SUFFIXES = (".txt", ".md", ".u8")
 
@@ -22,18 +22,8 @@ class CorpusStats:
 
 
 def corpus_files(inputs: Iterable[str | Path]) -> list[Path]:
-    """Expand files and folders: folders give their .jsonl and plain-text files (sorted); files are taken as given."""
-    out: list[Path] = []
-    for p in map(Path, inputs):
-        if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in (".jsonl", *TEXT_SUFFIXES)))
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
-    if not out:
-        raise FileNotFoundError(f"no .jsonl or text files found in {', '.join(map(str, inputs))}")
-    return out
+    """Expand files and folders: folders give their .jsonl and plain-text files (see danlu.jsonl.jsonl_files)."""
+    return jsonl_files(inputs, suffixes=(".jsonl", *TEXT_SUFFIXES))
 
 
 def iter_documents(

@@ -26,18 +26,10 @@ from danlu.runs import start_run
 OUTPUT = "clean.jsonl"
 REJECTS = "rejects.jsonl"
 DUPLICATES = "duplicates.jsonl"
-_SIDE_FILES = {REJECTS, DUPLICATES, "chunk_rejects.jsonl"}
 
 
 def input_files(inputs: Iterable[str | Path]) -> list[Path]:
-    """JSONL files from files/folders; in a folder, rejects and duplicate lists of earlier stages are skipped."""
-    out = []
-    for p in map(Path, inputs):
-        files = jsonl_files([p])
-        out.extend(f for f in files if not (p.is_dir() and (f.name in _SIDE_FILES or f.name.startswith("."))))
-    if not out:
-        raise FileNotFoundError(f"no .jsonl files in {', '.join(map(str, inputs))}")
-    return out
+    return jsonl_files(inputs)
 
 
 def _sft_problem(record: dict) -> str | None:
