@@ -192,3 +192,8 @@ def test_markdown_blocks_cover_text():
         assert MARKDOWN[pos : b.start].strip() == ""
         pos = b.end
     assert MARKDOWN[pos:].strip() == ""
+
+
+def test_pii_masks_are_literal_text():
+    pii = PII(kinds=["url", "phone"], masks={"url": r"<U\1>", "phone": r"\g<0>"})
+    assert pii.apply("见 https://example.org/a 或致电 13812345678") == r"见 <U\1> 或致电 \g<0>"

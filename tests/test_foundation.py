@@ -120,3 +120,16 @@ def test_fallback_record_ids_differ_across_folders_and_ignore_path_spelling(tmp_
     assert record_id({}, "a/x.jsonl", 1) == record_id({}, a, 1) != record_id({}, a, 2)
     assert record_id({"id": "own"}, a, 1) == "own" and record_id({"id": 7}, a, 1) == "7"
     assert record_id({"id": ""}, a, 1) == record_id({"id": None}, a, 1) == record_id({}, a, 1)
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
+    from danlu.runs import atomic_dir
+
+    target = tmp_path / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "weights").write_text("half of v2")
+            raise RuntimeError("killed")
+    assert (target / "weights").read_text() == "v1" and [p.name for p in tmp_path.iterdir()] == ["model"]

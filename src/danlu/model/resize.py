@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from danlu.runs import atomic_dir
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
@@ -57,8 +59,9 @@ def resize_for_tokenizer(
             if emb_out is not None and emb_out.data_ptr() != emb_in.data_ptr():
                 emb_out[idx] = emb_out[base_ids].mean(0)
     out = Path(out_dir)
-    model.save_pretrained(str(out))  # safetensors by default
-    for name in TOKENIZER_FILES:
-        if (Path(new_tokenizer) / name).exists():
-            shutil.copyfile(Path(new_tokenizer) / name, out / name)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(str(tmp))  # safetensors by default
+        for name in TOKENIZER_FILES:
+            if (Path(new_tokenizer) / name).exists():
+                shutil.copyfile(Path(new_tokenizer) / name, tmp / name)
     return {"dir": str(out), "rows_before": old_rows, "rows_after": rows, "new_rows_initialised": len(pieces)}

@@ -12,7 +12,6 @@ DDP or FSDP model, and a checkpoint written by N processes resumes under any oth
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from danlu.runs import atomic_dir
 from danlu.train.distributed import DistInfo, barrier, unwrap
 
 STATE_FILE = "trainer_state.pt"
@@ -69,15 +69,11 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimiz
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     final = root / f"step-{step:08d}"
     if info.is_main:
-        tmp = root / f".tmp-step-{step:08d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_hf(unwrap(model), tmp, model_sd)
-        torch.save({"step": step, "optimizer": optim_sd, "scheduler": scheduler.state_dict(),
-                    "stream": stream_state, "loop": loop_state, "rng": rng_state()}, tmp / STATE_FILE)
-        if final.exists():  # re-saving a step after a spike rollback: the old one is from the discarded run
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        # replacing an existing step: after a spike rollback, the old one is from the discarded stretch
+        with atomic_dir(final) as tmp:
+            save_hf(unwrap(model), tmp, model_sd)
+            torch.save({"step": step, "optimizer": optim_sd, "scheduler": scheduler.state_dict(),
+                        "stream": stream_state, "loop": loop_state, "rng": rng_state()}, tmp / STATE_FILE)
         for _, old in checkpoints(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +20,7 @@ import torch
 
 from danlu import __version__
 from danlu.config import ConfigError
-from danlu.runs import atomic_write_json, start_run
+from danlu.runs import atomic_dir, atomic_write_json, start_run
 from danlu.train.config import OptimConfig, PretrainConfig
 
 LINEAGE = "lineage.json"
@@ -97,14 +95,11 @@ def save_final_model(out_dir: Path, model: torch.nn.Module, tokenizer_dir: str, 
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     final = out_dir / "model"
     if info.is_main:
-        tmp = out_dir / ".tmp-model"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_hf(unwrap(model), tmp, sd)
-        if tokenizer_dir:
-            AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
-        atomic_write_json(tmp / LINEAGE, lineage_info)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with atomic_dir(final) as tmp:
+            save_hf(unwrap(model), tmp, sd)
+            if tokenizer_dir:
+                AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
+            atomic_write_json(tmp / LINEAGE, lineage_info)
     barrier()
     return final
 

@@ -76,11 +76,11 @@ class PII(Transform):
         if "email" in kinds and "@" in text:
             text = _EMAIL.sub(self._mask_email, text)
         if "url" in kinds and ("://" in text or "www." in text):
-            text = _URL.sub(self.mask("url"), text)
+            text = _URL.sub(lambda m: self.mask("url"), text)  # a function: a mask is text, not a template
         if "id_card" in kinds:
             text = _ID_CARD.sub(lambda m: self.mask("id_card") if valid_id_card(m.group()) else m.group(), text)
         if "phone" in kinds:
-            text = _PHONE.sub(self.mask("phone"), text)
+            text = _PHONE.sub(lambda m: self.mask("phone"), text)
         if "ip" in kinds:
             text = _IPV4.sub(self._mask_ip, text)
             if "::" in text or text.count(":") >= 3:
