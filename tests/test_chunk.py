@@ -183,3 +183,69 @@ def test_tiktoken_rank_file(tmp_path):
     chunks, _ = plan_chunks(DOC, count, 100)
     assert all(c.tokens <= 100 for c in chunks)
     _check_round_trip(DOC, chunks)
+
+
+def test_counts_match_the_token_store_on_special_token_text(tmp_path):
+    """Chunk counts are the ids `danlu data tokenize` stores: "<|eos|>" typed in a document is plain text."""
+    from danlu.tokenizer.encode import load_encoder
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([DOC] * 3, trainers.BpeTrainer(
+        vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<|bos|>", "<|eos|>"],
+        show_progress=False))
+    (tmp_path / "tok").mkdir()
+    tok.save(str(tmp_path / "tok" / "tokenizer.json"))
+    enc = load_encoder(tmp_path / "tok")
+    text = DOC.replace("。", "。<|eos|> ").replace("## ", "## <|bos|>")
+    assert load_counter(tmp_path / "tok")(["hello <|eos|> world <|bos|>"]) == [
+        len(enc.encode_batch(["hello <|eos|> world <|bos|>"])[0])]
+    inp = tmp_path / "docs.jsonl"
+    inp.write_text(json.dumps(document(text, "manual", "eos.md", "markdown", 0), ensure_ascii=False) + "\n",
+                   encoding="utf-8")
+    chunk(inp, tmp_path / "out", tokenizer=tmp_path / "tok", max_tokens=60, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "chunks.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) > 1 and any("<|eos|>" in r["text"] for r in rows)
+    assert [r["meta"]["tokens"] for r in rows] == [len(ids) for ids in enc.encode_batch([r["text"] for r in rows])]
+    assert all(r["meta"]["tokens"] <= 60 for r in rows)
+
+
+def test_long_unpunctuated_text_is_cut_in_linear_work(tokenizer_dir):
+    """200 KB without any sentence break: hard cuts fill the budget, round trip, and the tokenizer sees O(text)
+    characters in all (the old search re-encoded the whole remainder per cut: ~300x the text)."""
+    import random
+
+    rng = random.Random(0)
+    text = "".join(rng.choice("网络配置文件位于修改后需要重启服务也可以使用abcdefg ") for _ in range(200_000))
+    real = load_counter(tokenizer_dir)
+    seen = [0]
+
+    def count(texts):
+        seen[0] += sum(map(len, texts))
+        return real(texts)
+
+    chunks, stats = plan_chunks(text, count, 512)
+    _check_round_trip(text, chunks)
+    assert stats["hard_splits"] == len(chunks) - 1 > 100
+    assert all(c.tokens <= 512 for c in chunks)
+    assert sum(c.tokens > 480 for c in chunks) >= len(chunks) - 1  # cuts are nearly full, not just small
+    assert seen[0] < 40 * len(text), f"tokenizer saw {seen[0] / len(text):.0f}x the text"
+    assert real([text[c.start : c.end] for c in chunks]) == [c.tokens for c in chunks]
+
+
+def test_repack_of_chunks_over_budget(tokenizer_dir):
+    """A counter whose chunk counts exceed the sum of their units' counts forces the re-pack path (units of an
+    over-budget chunk are found by bisection): every chunk still fits and the text round-trips."""
+    real = load_counter(tokenizer_dir)
+
+    def count(texts):  # every newline costs 4 extra tokens: the gaps between units are under-estimated
+        return [n + 4 * t.count("\n") for n, t in zip(real(texts), texts)]
+
+    text = "\n\n".join(f"第{i}段。Debian 的软件包 {i}。" for i in range(3000))
+    for budget in (200, 40):
+        chunks, _ = plan_chunks(text, count, budget)
+        _check_round_trip(text, chunks)
+        assert all(c.tokens <= budget for c in chunks)
+        assert count([text[c.start : c.end] for c in chunks]) == [c.tokens for c in chunks]
+        assert max(c.tokens for c in chunks) > budget * 0.7

@@ -85,3 +85,36 @@ def test_cli_stats(tmp_path):
     assert "documents=1" in result.output and "advice:" in result.output
     assert json.loads(out.read_text())["per_source"]["ops"]["docs"] == 1
     assert (tmp_path / "s.html").exists()
+
+
+def test_sft_token_counts_tokenize_each_message_once(tmp_path, monkeypatch):
+    """With a tokenizer, prompt and answer are counted in one batch and the record's tokens are their sum (the
+    joined text is not tokenized again); exact duplicates are dedup's exact clusters."""
+    import danlu.data.chunk as chunk_mod
+
+    real_load = chunk_mod.load_counter
+    calls: list[list[str]] = []
+
+    def spy_load(tokenizer):
+        real = real_load(tokenizer)
+        return lambda texts: calls.append(list(texts)) or real(texts)
+
+    monkeypatch.setattr(chunk_mod, "load_counter", spy_load)
+
+    def sft(i, q, a, source="sft"):
+        return {"id": f"s{i}", "messages": [{"role": "system", "content": "you help"}, {"role": "user", "content": q},
+                                              {"role": "assistant", "content": a}],
+                "task_type": "qa", "tags": [], "source": source}
+
+    rows = [sft(0, "what is apt", "a package tool"), sft(1, "what is dpkg", "the low level tool below apt"),
+            sft(2, "what is apt", "a package tool"),  # exact duplicate of s0
+            sft(3, "hi", "B", "other")]
+    report = stats(_write(tmp_path / "sft.jsonl", rows), tokenizer=_char_tokenizer(tmp_path / "tok"))
+    assert len(calls) == 1  # one batch for all records
+    assert calls[0] == [t for r in rows for t in ("\n\n".join(m["content"] for m in r["messages"][:2]),
+                                                  r["messages"][2]["content"])]
+    s = report["sft"]
+    assert s["prompt_tokens"]["total"] == 5 + 5 + 5 + 3 and s["answer_tokens"]["total"] == 3 + 6 + 3 + 1
+    assert report["tokens"] == 18 + 13 and report["per_source"]["other"]["tokens"] == 4
+    assert report["token_lengths"]["max"] == 11 and report["token_lengths"]["min"] == 4
+    assert report["duplicates"]["exact_duplicates"] == 1 and report["duplicates"]["exact_rate"] == 0.25

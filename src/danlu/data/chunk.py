@@ -92,25 +92,53 @@ def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
 
 
-def _fit_prefix(text: str, start: int, end: int, budget: int, count: Counter) -> tuple[int, int]:
+def _fit_prefix(text: str, start: int, end: int, budget: int, count: Counter,
+                chars_per_token: float) -> tuple[int, int]:
     """(cut, tokens): a long prefix text[start:cut] within `budget` tokens (at least 1 char), and its count.
 
     Searches (start, start + budget * MAX_CHARS_PER_TOKEN] only; cut == end means all of text[start:end] fits.
+    Starts just under the cut the density `chars_per_token` predicts and gallops out until a prefix over the
+    budget brackets the cut, then bisects: each count is about one cut long, so a cut costs O(budget log budget).
     """
-    hi = min(end, start + budget * MAX_CHARS_PER_TOKEN)
-    n = count([text[start:hi]])[0]
-    if n <= budget:
-        return hi, n
-    lo, lo_n = start + 1, None  # lo_n: count of text[start:lo] once measured
-    hi -= 1
-    while lo < hi:  # binary search for the largest prefix that fits
-        mid = (lo + hi + 1) // 2
-        n = count([text[start:mid]])[0]
-        if n <= budget:
+    cap = min(end, start + budget * MAX_CHARS_PER_TOKEN)
+    probe = min(cap, start + max(1, int(budget * chars_per_token * 0.95)))
+    step = max(1, (probe - start) // 16)
+
+    def fits(i: int) -> tuple[bool, int]:
+        n = count([text[start:i]])[0]
+        return n <= budget, n
+
+    ok, n = fits(probe)
+    if ok:  # gallop up
+        lo, lo_n = probe, n
+        while True:
+            if lo == cap:
+                return lo, lo_n
+            probe = min(cap, lo + step)
+            ok, n = fits(probe)
+            if not ok:
+                hi = probe
+                break
+            lo, lo_n, step = probe, n, step * 2
+    else:  # gallop down
+        hi = probe
+        while True:
+            if hi == start + 1:  # one character is over the budget: it still makes a unit of its own
+                return hi, n
+            probe = max(start + 1, hi - step)
+            ok, n = fits(probe)
+            if ok:
+                lo, lo_n = probe, n
+                break
+            hi, step = probe, step * 2
+    while hi - lo > 1:  # invariant: text[start:lo] fits (lo_n tokens), text[start:hi] does not
+        mid = (lo + hi) // 2
+        ok, n = fits(mid)
+        if ok:
             lo, lo_n = mid, n
         else:
-            hi = mid - 1
-    return lo, lo_n if lo_n is not None else count([text[start:lo]])[0]
+            hi = mid
+    return lo, lo_n
 
 
 def _units(text: str, budget: int, count: Counter) -> tuple[list[Unit], dict[str, int]]:
@@ -158,10 +186,12 @@ def _split_span(text: str, start: int, end: int, budget: int, count: Counter, pa
         if n <= budget:
             units.append(Unit(s, e, n, path, False))
             continue
+        density = (e - s) / n
         while s < e:  # one sentence over the budget: cut long prefixes that fit until the rest fits
-            cut, k = _fit_prefix(text, s, e, budget, count)
+            cut, k = _fit_prefix(text, s, e, budget, count, density)
             stats["hard_splits"] += cut < e
             units.append(Unit(s, cut, k, path, False))
+            density = (cut - s) / max(k, 1)
             s = cut
     return units
 

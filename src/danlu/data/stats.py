@@ -17,7 +17,7 @@ from typing import Iterable
 import numpy as np
 
 from danlu.data.clean.pipeline import input_files, read_records
-from danlu.data.dedup import exact_key, near_clusters
+from danlu.data.dedup import exact_clusters, near_clusters
 from danlu.jsonl import BadLine
 from danlu.text import count_han
 
@@ -81,11 +81,18 @@ def stats(
     task_types: Counter[str] = Counter()
     prompt_chars, answer_chars, prompt_tokens, answer_tokens, short = [], [], [], [], []
     n_sft = 0
-    batch: list[tuple[str, str]] = []
+    # (source, pieces, is_sft): a document's text, or an SFT record's [prompt, answer, messages after the answer]
+    batch: list[tuple[str, list[str], bool]] = []
 
     def flush() -> None:
-        counts = count([t for _, t in batch]) if count else [estimate_tokens(t) for _, t in batch]
-        for (src, _), n in zip(batch, counts):
+        pieces = [t for _, ps, _ in batch for t in ps]
+        counts = iter(count(pieces) if count else [estimate_tokens(t) for t in pieces])
+        for src, ps, is_sft in batch:
+            ns = [next(counts) for _ in ps]
+            if is_sft and count:
+                prompt_tokens.append(ns[0])
+                answer_tokens.append(ns[1])
+            n = sum(ns)
             per_source[src]["tokens"] += n
             token_lens.append(n)
         batch.clear()
@@ -101,34 +108,30 @@ def stats(
             last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
             prompt = "\n\n".join(m["content"] for m in (msgs[:last] if last is not None else msgs))
             answer = msgs[last]["content"] if last is not None else ""
+            after = "\n\n".join(m["content"] for m in msgs[last + 1 :]) if last is not None else ""
             text = "\n\n".join(m["content"] for m in msgs)
             task_types[str(rec.get("task_type") or "unknown")] += 1
             prompt_chars.append(len(prompt))
             answer_chars.append(len(answer.strip()))
-            if count:
-                p, a = count([prompt, answer])
-                prompt_tokens.append(p)
-                answer_tokens.append(a)
             if len(answer.strip()) <= short_answer_chars:
                 short.append(rec.get("id"))
+            # tokens of the record: its messages' contents, counted once (without a tokenizer: the estimate
+            # of the joined text, as for documents)
+            pieces = ([prompt, answer] + ([after] if after else [])) if count else [text]
         else:
             text = rec["text"]
+            pieces = [text]
         per_source[src]["docs"] += 1
         per_source[src]["chars"] += len(text)
         char_lens.append(len(text))
         texts.append(text)
-        batch.append((src, text))
+        batch.append((src, pieces, sft))
         if len(batch) >= 256:
             flush()
     flush()
 
     docs = len(texts)
-    seen: set[bytes] = set()
-    exact_dups = 0
-    for t in texts:
-        k = exact_key(t)
-        exact_dups += k in seen
-        seen.add(k)
+    exact_dups = int((exact_clusters(texts) != np.arange(docs)).sum())
     dup = {"exact_duplicates": exact_dups, "exact_rate": round(exact_dups / max(docs, 1), 4)}
     if near_dup and docs:
         rep = near_clusters(texts).representative
