@@ -22,7 +22,7 @@ from tqdm import tqdm
 from danlu.data.clean.markdown import blocks
 from danlu.data.clean.pipeline import input_files
 from danlu.jsonl import BadLine, JsonlWriter, read_jsonl
-from danlu.records import stable_id
+from danlu.records import record_id, stable_id
 from danlu.runs import start_run
 
 Counter = Callable[[list[str]], list[int]]
@@ -307,7 +307,7 @@ def chunk(
                     continue
                 text = rec["text"]
                 nbytes += len(text.encode("utf-8"))
-                parent_id = rec.get("id") or stable_id(path.name, lineno)
+                parent_id = record_id(rec, path, lineno)
                 chunks, st = plan_chunks(text, count, max_tokens, heading_prefix)
                 for k in splits:
                     splits[k] += st[k]
