@@ -20,8 +20,7 @@ from typing import Callable, Iterable
 from tqdm import tqdm
 
 from danlu.data.clean.markdown import blocks
-from danlu.data.clean.pipeline import input_files
-from danlu.jsonl import BadLine, JsonlWriter, read_jsonl
+from danlu.jsonl import BadLine, JsonlWriter, jsonl_files, read_jsonl
 from danlu.records import record_id, stable_id
 from danlu.runs import start_run
 
@@ -287,7 +286,7 @@ def chunk(
     """Chunk Document JSONL into `out`/chunks.jsonl; returns the report (also in report.json)."""
     if max_tokens < 8:
         raise ValueError(f"--max-tokens must be at least 8, got {max_tokens}")
-    files = input_files([inputs] if isinstance(inputs, (str, Path)) else inputs)
+    files = jsonl_files([inputs] if isinstance(inputs, (str, Path)) else inputs)
     config = {"inputs": [str(f) for f in files], "tokenizer": str(tokenizer), "max_tokens": max_tokens,
               "heading_prefix": heading_prefix}
     count = load_counter(tokenizer)

@@ -16,9 +16,9 @@ from typing import Iterable
 
 import numpy as np
 
-from danlu.data.clean.pipeline import input_files, read_records
+from danlu.data.clean.pipeline import read_records
 from danlu.data.dedup import exact_clusters, near_clusters
-from danlu.jsonl import BadLine
+from danlu.jsonl import BadLine, jsonl_files
 from danlu.text import count_han
 
 MIN_CPT_TOKENS = 10_000_000  # below this, continued pretraining rarely moves a model; prefer SFT/RAG
@@ -70,7 +70,7 @@ def stats(
     short_answer_chars: int = 3,
 ) -> dict:
     """Corpus statistics for Document or SFT JSONL (auto-detected per record); writes `html` if given."""
-    files = input_files([inputs] if isinstance(inputs, (str, Path)) else inputs)
+    files = jsonl_files([inputs] if isinstance(inputs, (str, Path)) else inputs)
     count = None
     if tokenizer is not None:
         from danlu.data.chunk import load_counter

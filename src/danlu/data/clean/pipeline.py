@@ -28,10 +28,6 @@ REJECTS = "rejects.jsonl"
 DUPLICATES = "duplicates.jsonl"
 
 
-def input_files(inputs: Iterable[str | Path]) -> list[Path]:
-    return jsonl_files(inputs)
-
-
 def _sft_problem(record: dict) -> str | None:
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -117,7 +113,7 @@ def clean(
     `config` is a CleanConfig or a YAML path; without one, `preset` ("pretrain" or "sft") is used, and without
     that the preset follows the first record's kind (SFT if it has "messages").
     """
-    files = input_files([inputs] if isinstance(inputs, (str, Path)) else inputs)
+    files = jsonl_files([inputs] if isinstance(inputs, (str, Path)) else inputs)
     if isinstance(config, CleanConfig):
         cfg = config
     elif config is not None:
