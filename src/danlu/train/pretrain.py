@@ -135,7 +135,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, resume: bool = 
     from danlu.train import estimate as est
     from danlu.train.batches import PackedBatches
     from danlu.train.checkpoint import checkpoints
-    from danlu.train.distributed import init_distributed, wrap_model
+    from danlu.train.distributed import from_rank0, init_distributed, wrap_model
     from danlu.train.evaluate import heldout_metrics
     from danlu.train.loop import LoopConfig, train
     from danlu.train.mixing import plan
@@ -183,7 +183,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, resume: bool = 
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    precision, peaks = est.resolve_precision(t.precision, info.device)
+    precision, peaks = from_rank0(est.resolve_precision(t.precision, info.device))  # "auto" is measured: one verdict
     peak = peaks.get(precision, peaks["fp32"])
     n_params = count_parameters(model)
     fpt = est.flops_per_token(model, d.seq_len)
