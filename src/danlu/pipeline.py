@@ -149,10 +149,11 @@ def _call(fn: Callable[..., dict], *args: Any, **kwargs: Any) -> Callable[[bool]
 def _pretrain(cfg, resume: bool) -> dict:
     """Resume an interrupted run on the same inputs; otherwise keep the previous model version aside (the next
     evaluation compares against it) and train afresh."""
+    from danlu.train.checkpoint import latest_checkpoint
     from danlu.train.pretrain import pretrain
 
     out = Path(cfg.out)
-    if resume and any((out / "checkpoints").glob("*")):
+    if resume and latest_checkpoint(out / "checkpoints") is not None:
         return pretrain(cfg, resume=True)
     if out.exists() and any(out.iterdir()):
         prev = out.with_name(f"{out.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
