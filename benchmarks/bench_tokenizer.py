@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_tokenizer.py [--corpus /work/debian-zh] [--vocab-size 32768] [--repeat 2]
 
-Training: danlu (`train_tokenizer`: read files + rustbpe + export to an HF tokenizer folder) vs the HF
+Training: danlu (`train_tokenizer`: read files + its C trainer + export to an HF tokenizer folder) vs the HF
 tokenizers BPE trainer, sentencepiece BPE and bare rustbpe, all byte-level-lossless, same texts, same vocab.
 Encoding: danlu's `load_encoder` (what `danlu data tokenize` calls) vs tiktoken and HF tokenizers running the
 same vocabulary. Reference figures measured elsewhere (45M chars, 32k vocab, 2 cores): training HF 18.2 s,
@@ -108,18 +108,21 @@ def main() -> None:
     ap.add_argument("--vocab-size", type=int, default=32768)
     ap.add_argument("--repeat", type=int, default=2, help="training rounds (best time is reported)")
     ap.add_argument("--skip", nargs="*", default=[], help="peers to skip: hf sentencepiece rustbpe")
+    ap.add_argument("--extra", nargs="*", type=Path, default=[],
+                    help="more documents (danlu JSONL or .txt) to train on, for a larger corpus (e.g. ~45M chars)")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         texts = part_texts(args.corpus, DOMAIN_TRAIN + DOMAIN_HELDOUT + GENERAL)
+        texts += [t for _, t in iter_documents(args.extra)] if args.extra else []
         folder = write_txt(texts, tmp / "corpus", "doc")
         chars = sum(map(len, texts))
         print(f"corpus: {args.corpus} ({len(texts)} files, {chars / 1e6:.2f}M chars), vocab {args.vocab_size}, "
               f"{os.cpu_count()} cores")
         v = args.vocab_size
-        trainers = {"danlu (rustbpe + HF export)": lambda: train_danlu(folder, tmp / "danlu", v)}
+        trainers = {"danlu (read + train + save)": lambda: train_danlu(folder, tmp / "danlu", v)}
         if "rustbpe" not in args.skip:
             trainers["rustbpe"] = lambda: train_rustbpe(folder, v)
         if "sentencepiece" not in args.skip:
@@ -131,7 +134,7 @@ def main() -> None:
             for name, fn in trainers.items():
                 results[name] = min(results.get(name, float("inf")), timed(fn))
         print(f"\ntraining time (best of {args.repeat})    seconds   peer/danlu")
-        base = results["danlu (rustbpe + HF export)"]
+        base = results["danlu (read + train + save)"]
         for name, s in results.items():
             print(f"  {name:28s} {s:7.2f}   {s / base:5.2f}x")
 

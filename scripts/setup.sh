@@ -24,8 +24,12 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 stamp=.venv/.danlu-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# reinstall when the package definition or the C extension (compiled by pip, needs gcc) changed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+   || [ src/danlu/tokenizer/_bpe.c -nt "$stamp" ]; then
   echo "[setup] installing danlu and its dependencies"
   .venv/bin/pip install -q -e ".[all]"
+  .venv/bin/python -c "import danlu.tokenizer._bpe" 2>/dev/null \
+    || echo "[setup] note: no C compiler, so tokenizer training falls back to rustbpe (slower on CJK)"
   touch "$stamp"
 fi

@@ -67,3 +67,25 @@ def test_expanded_keeps_base_ids_on_lines_without_new_tokens(built: dict):
     assert len(untouched) > len(lines) // 10
     assert all(a[i] == b[i] for i in untouched)
     assert all(len(b[i]) <= len(a[i]) for i in range(len(lines)))
+
+
+def test_danlu_trainer_compresses_as_well_as_rustbpe(built: dict):
+    """The C trainer builds characters first (see _bpe.c); that must not cost compression against a plain
+    byte-level BPE trained on the same text with the same vocabulary."""
+    import rustbpe
+    import tiktoken
+
+    from danlu.tokenizer.bytelevel import GPT4_PATTERN
+    from danlu.tokenizer.train import SPECIAL_TOKENS
+
+    ops = load_encoder(built["root"] / "ops")
+    assert ops.engine == "tiktoken"
+    peer = rustbpe.Tokenizer()
+    peer.train_from_iterator(iter(built["parts"]["ops"]), VOCAB - len(SPECIAL_TOKENS), pattern=GPT4_PATTERN)
+    peer_enc = tiktoken.Encoding("rustbpe", pat_str=GPT4_PATTERN, mergeable_ranks=dict(peer.get_mergeable_ranks()),
+                                 special_tokens={})
+    for part in ("heldout", "general"):
+        texts = built["parts"][part]
+        ours = sum(map(len, ops.encode_batch(texts)))
+        theirs = sum(map(len, peer_enc.encode_ordinary_batch(texts)))
+        assert ours <= 1.01 * theirs, (part, ours, theirs)

@@ -15,12 +15,15 @@ def train_cmd(
     corpus: List[Path] = typer.Argument(..., help="Document JSONL files/folders (field 'text') and plain .txt files."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (a Hugging Face tokenizer folder)."),
     vocab_size: int = typer.Option(32768, "--vocab-size", help="Total vocabulary size, special tokens included."),
-    type: str = typer.Option("bpe", "--type", help="bpe (byte-level BPE via rustbpe) or unigram (HF trainer)."),
+    type: str = typer.Option("bpe", "--type", help="bpe (byte-level BPE, danlu's trainer) or unigram (HF trainer)."),
+    character_coverage: float = typer.Option(
+        0.9995, "--character-coverage", help="bpe: share of non-ASCII text whose characters become tokens first."
+    ),
 ) -> None:
     """Train a byte-level tokenizer on a corpus and save it as a Hugging Face tokenizer folder."""
     from danlu.tokenizer.train import train_tokenizer
 
-    report = train_tokenizer(corpus, out, vocab_size=vocab_size, type=type)
+    report = train_tokenizer(corpus, out, vocab_size=vocab_size, type=type, character_coverage=character_coverage)
     typer.echo(
         f"{type} tokenizer, vocab {report['vocab_size']}, trained on {report['counts']['documents_used']} documents "
         f"({report['characters']:,} chars, {report['counts']['rejected']} rejected) in "
