@@ -186,3 +186,20 @@ def test_cli_train_expand_compare(tokenizers: Path, tmp_path: Path):
     assert general_vs_expanded["shared"] == general_vs_expanded["a_size"] == general_vs_expanded["b_size"] - 10
     assert result["examples"] and result["examples"][0]["lines"]
     assert "tokens/1k CJK" in r.output
+
+
+def test_compare_all_row_sums_the_sources(tokenizers: Path, tmp_path: Path):
+    from danlu.tokenizer.compare import compare_tokenizers
+
+    texts = {"ops": make_corpus(OPS_WORDS, 20, 11), "general": make_corpus(GENERAL_WORDS, 30, 12)}
+    for source, ts in texts.items():
+        with open(tmp_path / f"{source}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"text": t, "source": source}, ensure_ascii=False) + "\n" for t in ts)
+    result = compare_tokenizers([tokenizers / "general"], [tmp_path / "ops.jsonl", tmp_path / "general.jsonl"])
+    rows = {r["source"]: r for r in result["rows"]}
+    assert set(rows) == {"ops", "general", "(all)"}
+    enc = load_encoder(tokenizers / "general")
+    every = [t for ts in texts.values() for t in ts]
+    assert rows["(all)"]["tokens"] == rows["ops"]["tokens"] + rows["general"]["tokens"] == sum(map(len, enc.encode_batch(every)))
+    assert rows["(all)"]["documents"] == 50 and rows["(all)"]["characters"] == sum(map(len, every))
+    assert rows["(all)"]["chars_per_token"] == round(rows["(all)"]["characters"] / rows["(all)"]["tokens"], 4)

@@ -27,24 +27,15 @@ def compare_tokenizers(tokenizers: list[str | Path], corpus: list[str | Path], e
     hf = {n: Tokenizer.from_file(str(Path(t) / "tokenizer.json")) for n, t in zip(names, tokenizers)}
 
     rows = []
-    for source in sorted(by_source) + ["(all)"]:
-        texts = by_source[source] if source != "(all)" else [t for ts in by_source.values() for t in ts]
-        chars = sum(map(len, texts))
-        cjk = sum(len(CJK.findall(t)) for t in texts)
-        for name, enc in encoders.items():
-            tokens = sum(map(len, enc.encode_batch(texts)))
-            rows.append(
-                {
-                    "source": source,
-                    "tokenizer": name,
-                    "documents": len(texts),
-                    "characters": chars,
-                    "cjk_characters": cjk,
-                    "tokens": tokens,
-                    "chars_per_token": round(chars / tokens, 4) if tokens else None,
-                    "tokens_per_1000_cjk": round(1000 * tokens / cjk, 2) if cjk else None,
-                }
-            )
+    for source in sorted(by_source):
+        texts = by_source[source]
+        chars, cjk = sum(map(len, texts)), sum(len(CJK.findall(t)) for t in texts)
+        rows += [_row(source, name, len(texts), chars, cjk, sum(map(len, enc.encode_batch(texts))))
+                 for name, enc in encoders.items()]
+    for name in names:  # "(all)": the sums of the per-source rows (each text is encoded once)
+        mine = [r for r in rows if r["tokenizer"] == name]
+        rows.append(_row("(all)", name, *(sum(r[k] for r in mine) for k in ("documents", "characters",
+                                                                           "cjk_characters", "tokens"))))
     vocabs = {n: _vocab_set(h) for n, h in hf.items()}
     overlap = [
         {"a": a, "b": b, "shared": len(vocabs[a] & vocabs[b]), "a_size": len(vocabs[a]), "b_size": len(vocabs[b]),
@@ -60,6 +51,15 @@ def compare_tokenizers(tokenizers: list[str | Path], corpus: list[str | Path], e
         "rows": rows,
         "vocab_overlap": overlap,
         "examples": [d for d in diffs if d],
+    }
+
+
+def _row(source: str, name: str, documents: int, chars: int, cjk: int, tokens: int) -> dict:
+    return {
+        "source": source, "tokenizer": name, "documents": documents, "characters": chars, "cjk_characters": cjk,
+        "tokens": tokens,
+        "chars_per_token": round(chars / tokens, 4) if tokens else None,
+        "tokens_per_1000_cjk": round(1000 * tokens / cjk, 2) if cjk else None,
     }
 
 
