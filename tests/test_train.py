@@ -83,8 +83,11 @@ def test_resume_after_a_kill_matches_the_uninterrupted_run(data, tmp_path, monke
     assert not (tmp_path / "cut" / "report.json").exists()
     with pytest.raises(ValueError, match="--resume"):
         pretrain(cfg, tmp_path / "cut")
+    stale = tmp_path / "cut" / "checkpoints" / ".step-00000009.k1ll.tmp"  # what a SIGKILL mid-write leaves
+    (stale / "model.safetensors").parent.mkdir(parents=True)
     resumed = pretrain(cfg, tmp_path / "cut", resume=True)
     assert resumed["resumed_from"].endswith("step-00000006")
+    assert not stale.exists()
     a, b = step_losses(tmp_path / "full"), step_losses(tmp_path / "cut")
     assert sorted(a) == sorted(b) == list(range(1, 9))
     for step in a:
@@ -103,6 +106,8 @@ def test_output_folder_is_a_plain_hf_model_with_tokenizer_and_lineage(data, tmp_
     ids = torch.tensor([tok.encode("apt install kernel")])
     ckpt = AutoModelForCausalLM.from_pretrained(tmp_path / "o" / "checkpoints" / "step-00000002")
     assert torch.equal(model(ids).logits, ckpt(ids).logits)  # the final model is the last checkpoint's
+    last = tmp_path / "o" / "checkpoints" / "step-00000002" / "model.safetensors"
+    assert (folder / "model.safetensors").stat().st_ino == last.stat().st_ino  # linked, not written twice
     lineage = json.loads((folder / "lineage.json").read_text())
     assert lineage["base_model"]["preset"] == "tiny" and lineage["steps"] == 2
     assert [d["name"] for d in lineage["data"]] == ["ops", "gen"] and lineage["data"][0]["store_json_sha256"]

@@ -12,6 +12,7 @@ DDP or FSDP model, and a checkpoint written by N processes resumes under any oth
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
@@ -41,6 +42,23 @@ def checkpoints(root: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def checkpoint_path(root: str | Path, step: int) -> Path:
+    return Path(root) / f"step-{step:08d}"
+
+
+def link_model_files(checkpoint: Path, folder: Path) -> None:
+    """Put a checkpoint's HF model files (not its trainer state) into `folder` as hard links, copies where the
+    filesystem refuses links."""
+    if not (checkpoint / STATE_FILE).exists():
+        raise FileNotFoundError(f"{checkpoint}: no complete checkpoint there to take the final model from")
+    for f in checkpoint.iterdir():
+        if f.is_file() and f.name != STATE_FILE:
+            try:
+                os.link(f, folder / f.name)
+            except OSError:
+                shutil.copy2(f, folder / f.name)
+
+
 def latest_checkpoint(root: str | Path) -> Path | None:
     found = checkpoints(root)
     return found[-1][1] if found else None
@@ -67,7 +85,7 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimiz
     root = Path(root)
     model_sd, optim_sd = get_state_dict(model, optimizer,
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    final = root / f"step-{step:08d}"
+    final = checkpoint_path(root, step)
     if info.is_main:
         # replacing an existing step: after a spike rollback, the old one is from the discarded stretch
         with atomic_dir(final) as tmp:
@@ -76,6 +94,8 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimiz
                         "stream": stream_state, "loop": loop_state, "rng": rng_state()}, tmp / STATE_FILE)
         for _, old in checkpoints(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
+        for stale in root.glob(".step-*.tmp"):  # a write killed outright (SIGKILL) never ran atomic_dir's cleanup
+            shutil.rmtree(stale, ignore_errors=True)
     barrier()
     return final
 

@@ -84,19 +84,26 @@ def lineage(cfg: PretrainConfig, steps: int, tokens: int) -> dict:
     }
 
 
-def save_final_model(out_dir: Path, model: torch.nn.Module, tokenizer_dir: str, lineage_info: dict, info) -> Path:
-    """Write OUT/model atomically (temp folder, then rename): HF weights, tokenizer, lineage.json."""
+def save_final_model(out_dir: Path, model: torch.nn.Module, tokenizer_dir: str, lineage_info: dict, info,
+                     checkpoint: Path | None = None) -> Path:
+    """Write OUT/model atomically (temp folder, then rename): HF weights, tokenizer, lineage.json.
+    `checkpoint`, the last step's checkpoint (already a full HF folder of these weights), lends its model
+    files as hard links: no second gather of the full state and no second write of a large model."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from transformers import AutoTokenizer
 
-    from danlu.train.checkpoint import save_hf
+    from danlu.train.checkpoint import link_model_files, save_hf
     from danlu.train.distributed import barrier, unwrap
 
-    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    sd = None if checkpoint else get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                                      cpu_offload=True))
     final = out_dir / "model"
     if info.is_main:
         with atomic_dir(final) as tmp:
-            save_hf(unwrap(model), tmp, sd)
+            if checkpoint:
+                link_model_files(checkpoint, tmp)
+            else:
+                save_hf(unwrap(model), tmp, sd)
             if tokenizer_dir:
                 AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
             atomic_write_json(tmp / LINEAGE, lineage_info)
@@ -134,7 +141,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, resume: bool = 
     from danlu.model.create import count_parameters, create_model
     from danlu.train import estimate as est
     from danlu.train.batches import PackedBatches
-    from danlu.train.checkpoint import checkpoints
+    from danlu.train.checkpoint import checkpoint_path, checkpoints
     from danlu.train.distributed import from_rank0, init_distributed, wrap_model
     from danlu.train.evaluate import heldout_metrics
     from danlu.train.loop import LoopConfig, train
@@ -237,8 +244,10 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, resume: bool = 
                    evaluate=(lambda m: heldout_metrics(m, heldout, objective, precision, info)) if heldout else None)
     if tb is not None:
         tb.close()
+    # the loop always checkpoints its last step (and a run resumed at its end starts from that checkpoint)
+    last_ckpt = checkpoint_path(ckpt_dir, result["steps"]) if result["steps"] else None
     final = save_final_model(out, net, cfg.model.tokenizer_dir(), lineage(cfg, result["steps"], result["tokens"]),
-                             info)
+                             info, checkpoint=last_ckpt)
     stats = stream.stats()
     report = {
         "model": str(final), "steps": result["steps"], "tokens": result["tokens"],
