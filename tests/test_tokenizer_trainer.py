@@ -214,3 +214,15 @@ def test_without_the_extension_training_falls_back_to_rustbpe(tmp_path: Path, mo
     tok = Tokenizer.from_file(str(tmp_path / "tok" / "tokenizer.json"))
     text = "".join(make_corpus(OPS_WORDS, 3, 4))
     assert tok.decode(tok.encode(text, add_special_tokens=False).ids) == text
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(ALPHABET + ["ab", "的的", "龘", "𠀀"]), max_size=30).map("".join), min_size=1,
+                max_size=12),
+       st.integers(257, 420), st.sampled_from([0.5, 0.9, 1.0]))
+def test_merges_stay_greedy_and_exact_on_any_text(texts: list[str], n_tokens: int, coverage: float):
+    tokens, _ = replay(texts, n_tokens, coverage=coverage)
+    assert len(set(tokens)) == len(tokens) <= n_tokens
+    rank = {t: i for i, t in enumerate(tokens)}
+    for i, t in enumerate(tokens[256:], 256):
+        assert any(rank.get(t[:k], i) < i and rank.get(t[k:], i) < i for k in range(1, len(t))), t
