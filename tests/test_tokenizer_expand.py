@@ -39,7 +39,7 @@ def test_expansion_adds_domain_tokens_and_keeps_every_id(tokenizers: Path):
     assert len(new) > 50 and min(new.values()) == len(base_vocab)
     report = json.loads((tokenizers / "expanded" / "report.json").read_text())
     assert report["counts"]["added"] == len(new)
-    assert report["counts"]["domain_candidates"] == 500 - 8  # every domain BPE token was considered once
+    assert report["counts"]["candidates"] == 500 - 8  # every domain BPE token was considered once
     ops_text = "".join(make_corpus(OPS_WORDS, 10, 3))
     n_base = len(base.encode(ops_text, add_special_tokens=False).ids)
     n_exp = len(exp.encode(ops_text, add_special_tokens=False).ids)
@@ -152,7 +152,7 @@ def test_resized_model_keeps_logits_on_old_text_and_loads_plainly(tokenizers: Pa
 
 def test_expand_rejects_non_bpe_base(tokenizers: Path, tmp_path: Path):
     train_tokenizer([tokenizers / "general.jsonl"], tmp_path / "uni", vocab_size=300, type="unigram")
-    with pytest.raises(ValueError, match="expand needs a byte-level BPE base"):
+    with pytest.raises(ValueError, match="expand needs a BPE base"):
         expand_tokenizer(tmp_path / "uni", tokenizers / "ops", tmp_path / "out")
     with pytest.raises(ValueError, match="go together"):
         expand_tokenizer(tokenizers / "general", tokenizers / "ops", tmp_path / "o2", model=tmp_path / "m")
@@ -203,3 +203,94 @@ def test_compare_all_row_sums_the_sources(tokenizers: Path, tmp_path: Path):
     assert rows["(all)"]["tokens"] == rows["ops"]["tokens"] + rows["general"]["tokens"] == sum(map(len, enc.encode_batch(every)))
     assert rows["(all)"]["documents"] == 50 and rows["(all)"]["characters"] == sum(map(len, every))
     assert rows["(all)"]["chars_per_token"] == round(rows["(all)"]["characters"] / rows["(all)"]["tokens"], 4)
+
+
+def sentencepiece_base(folder: Path, texts: list[str], vocab_size: int) -> Path:
+    """A Llama-2-style tokenizer folder: SentencePiece BPE with byte fallback, as transformers converts it
+    (pieces with ▁, merges = every split of a piece into two pieces, Metaspace, ByteFallback decoding)."""
+    import sentencepiece as spm
+    from tokenizers import decoders, models, pre_tokenizers
+
+    folder.mkdir(parents=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_prefix=str(folder / "sp"), vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        character_coverage=1.0, minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "sp.model"))
+    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    merges = sorted((vocab[p], vocab[p[:k]], vocab[p[k:]], p[:k], p[k:]) for p in vocab for k in range(1, len(p))
+                    if p[:k] in vocab and p[k:] in vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[(a, b) for *_, a, b in merges], unk_token="<unk>",
+                               fuse_unk=True, byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+    tok.save(str(folder / "tokenizer.json"))
+    for text in texts[:20]:  # the helper really is the SentencePiece model
+        assert tok.encode(text).tokens == sp.encode(text, out_type=str), text
+    return folder
+
+
+def test_expand_sentencepiece_base_like_chinese_llama(tokenizers: Path, tmp_path: Path):
+    """A Llama-2-style base that lacks the domain's Chinese characters gets them (and multi-character pieces)
+    from danlu's byte-level domain tokenizer; base ids and base tokenizations stay as they were."""
+    import random
+
+    import torch
+
+    from danlu.model.resize import resize_for_tokenizer
+
+    base_dir = sentencepiece_base(tmp_path / "llama", make_corpus(GENERAL_WORDS, 150, 1), 400)
+    report = expand_tokenizer(base_dir, tokenizers / "ops", tmp_path / "exp")
+    skipped = report["counts"]["skipped"]
+    assert skipped["partial_character"] > 0 and skipped["half_of_existing"] == 0  # byte prefixes can't be pieces
+    base, exp = _tok(base_dir), _tok(tmp_path / "exp")
+    base_vocab, exp_vocab = base.get_vocab(True), exp.get_vocab(True)
+    assert all(exp_vocab[t] == i for t, i in base_vocab.items())
+    new = {t: i for t, i in exp_vocab.items() if t not in base_vocab}
+    assert len(new) == report["counts"]["added"] > 20
+    assert {"软", "件", "包"} <= set(new) and any(len(t) > 1 and "\u2581" not in t for t in new)
+    ops_text = "".join(make_corpus(OPS_WORDS, 10, 3))
+    assert len(exp.encode(ops_text).ids) < 0.6 * len(base.encode(ops_text).ids)
+
+    rng = random.Random(5)
+    pool = GENERAL_WORDS + OPS_WORDS + [" ", "，", "\n", "🙂", "x", "  "]
+    for _ in range(300):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 12)))
+        b, e = base.encode(text), exp.encode(text)
+        if all(i < len(base_vocab) for i in e.ids):
+            assert e.ids == b.ids, text
+        assert {end for _, end in e.offsets} <= {end for _, end in b.offsets}, text  # only joins base tokens
+        assert exp.decode(e.ids) == base.decode(b.ids)
+    enc = load_encoder(tmp_path / "exp")
+    assert enc.engine == "tokenizers" and enc.encode_batch([ops_text])[0] == exp.encode(ops_text, add_special_tokens=False).ids
+
+    model = _tiny_llama(len(base_vocab), tie=False)
+    model.save_pretrained(str(tmp_path / "m"))
+    resize_for_tokenizer(tmp_path / "m", base_dir, tmp_path / "exp", tmp_path / "m2")
+    from transformers import AutoModelForCausalLM
+
+    resized = AutoModelForCausalLM.from_pretrained(str(tmp_path / "m2")).eval()
+    old = torch.tensor([base.encode("床前明月光").ids])
+    with torch.no_grad():
+        assert torch.equal(model(old).logits, resized(old).logits[..., : len(base_vocab)])
+    fallback = [t.id for t in base.model.tokenize("软")]  # a new character was three byte-fallback pieces
+    assert [base.id_to_token(i) for i in fallback] == ["<0xE8>", "<0xBD>", "<0xAF>"]
+    w0, w1 = model.get_input_embeddings().weight, resized.get_input_embeddings().weight
+    assert torch.allclose(w1[exp_vocab["软"]], w0[fallback].mean(0))
+
+
+def test_expand_sentencepiece_base_with_a_sentencepiece_domain(tmp_path: Path):
+    """Chinese-LLaMA's recipe: a SentencePiece model trained on Chinese merged into Llama's. SentencePiece lists
+    single characters after the pieces built from them, so characters are taken first."""
+    base_dir = sentencepiece_base(tmp_path / "llama", make_corpus(GENERAL_WORDS, 150, 1), 400)
+    dom_dir = sentencepiece_base(tmp_path / "zh", make_corpus(OPS_WORDS, 150, 2), 400)
+    report = expand_tokenizer(base_dir, dom_dir, tmp_path / "exp")
+    assert report["counts"]["skipped"]["byte_piece"] == 256 and report["counts"]["skipped"]["unreachable"] == 0
+    exp, dom = _tok(tmp_path / "exp"), _tok(dom_dir)
+    new = {t for t in exp.get_vocab(True)} - set(_tok(base_dir).get_vocab(True))
+    assert {"软件包", "软", "件", "包"} <= new
+    text = "".join(make_corpus(OPS_WORDS, 10, 3))
+    assert len(exp.encode(text).ids) <= 1.05 * len(dom.encode(text).ids)  # close to the domain model itself

@@ -33,7 +33,7 @@ def train_cmd(
 
 @app.command("expand")
 def expand_cmd(
-    base: Path = typer.Argument(..., help="Base tokenizer folder (byte-level BPE)."),
+    base: Path = typer.Argument(..., help="Base tokenizer folder: byte-level BPE, or SentencePiece BPE (Llama 2 style)."),
     domain: Path = typer.Argument(..., help="Domain tokenizer folder whose new tokens to add."),
     out: Path = typer.Option(..., "-o", "--out", help="Output tokenizer folder."),
     max_new: Optional[int] = typer.Option(None, "--max-new", help="Add at most this many tokens (domain order)."),

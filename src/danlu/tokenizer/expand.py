@@ -8,10 +8,18 @@ Hence the guarantee tested in tests/test_tokenizer_expand.py:
     the expanded tokenization is the base tokenization with some neighbours joined into new tokens; text whose
     expanded encoding holds no new id encodes to exactly the base ids.
 
-For that, a new token must never be one half of a split of a base token (a merge (new, x) -> old would
-let old ids appear where the base never produced them); such candidates are skipped. The same rule keeps the
-result runnable by tiktoken exactly when the base was (merges stay "every split, ordered by id").
-Candidates are taken in the domain tokenizer's id order (for BPE: merge order, i.e. most frequent first).
+Two kinds of base are supported:
+- byte-level BPE (GPT-2/Llama 3/Qwen and danlu's own): token strings are bytes in the ByteLevel alphabet. A new
+  token must never be one half of a split of a base token (tiktoken joins any adjacent pair whose concatenation
+  is a token, so a merge (new, x) -> old would let old ids appear where the base never produced them); such
+  candidates are skipped. This keeps the result runnable by tiktoken (merges stay "every split, ordered by id").
+- SentencePiece-style BPE with byte fallback (Llama 2, Mistral, Baichuan, Chinese-LLaMA): pieces are text with
+  spaces as "▁", unknown characters fall back to <0xXX> byte pieces. HF runs only the listed merges, so no
+  base id can reappear; a new single character needs no merge at all (it is looked up directly), which is how
+  Chinese characters missing from such a base get added, as Chinese-LLaMA did. A new piece must be whole
+  characters: a domain token that ends inside a character cannot be written as a piece and is skipped.
+The domain tokenizer may be either kind too. Candidates are taken in the domain tokenizer's id order (for
+BPE: merge order, i.e. most frequent first).
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ from tokenizers import Tokenizer
 
 from danlu.config import StrictModel, validate
 from danlu.runs import atomic_path, atomic_write_json, start_run
-from danlu.tokenizer.bytelevel import token_bytes
+from danlu.tokenizer.bytelevel import token_bytes, token_str
+
+SP_SPACE = "\u2581"  # "▁", SentencePiece's visible space
 
 COPIED_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
@@ -69,15 +79,17 @@ def expand_tokenizer(
         if src.exists():
             with atomic_path(out_dir / name) as tmp:
                 tmp.write_bytes(src.read_bytes())
+    style = piece_style(base_spec)
+    texts = [_piece_bytes(s, style).decode("utf-8", "replace") for s, _ in added]
     atomic_write_json(
-        out_dir / "new_tokens.json",
-        [{"id": i, "text": token_bytes(s).decode("utf-8", "replace"), "token": s} for s, i in added],
+        out_dir / "new_tokens.json", [{"id": i, "text": t, "token": s} for (s, i), t in zip(added, texts)]
     )
     report = {
-        "counts": {"domain_candidates": sum(skipped.values()) + len(added), "added": len(added), "skipped": skipped},
+        "counts": {"candidates": sum(skipped.values()) + len(added), "added": len(added), "skipped": skipped},
+        "base_style": style,
         "base_vocab_size": _size(base_spec),
         "vocab_size": _size(spec),
-        "examples": [token_bytes(s).decode("utf-8", "replace") for s, _ in added[:30]],
+        "examples": texts[:30],
     }
     if cfg.model:
         from danlu.model.resize import resize_for_tokenizer
@@ -88,49 +100,105 @@ def expand_tokenizer(
     return run.finish(report)
 
 
+def piece_style(spec: dict) -> str:
+    """"byte_level" or "sentencepiece" (BPE/Unigram pieces of text with ▁ for spaces), else ValueError."""
+    model = spec.get("model") or {}
+    reserved = {t["content"] for t in spec.get("added_tokens", [])}
+    vocab = model.get("vocab") or {}
+    strings = [s for s in (vocab if isinstance(vocab, dict) else (p for p, _ in vocab)) if s not in reserved]
+    if model.get("byte_fallback") or _uses_metaspace(spec):
+        return "sentencepiece"
+    if all(token_bytes(s) is not None for s in strings):
+        return "byte_level"
+    raise ValueError("tokenizer is neither byte-level nor SentencePiece-style (pieces with ▁ and byte fallback)")
+
+
+def _uses_metaspace(spec: dict) -> bool:
+    text = json.dumps([spec.get("normalizer"), spec.get("pre_tokenizer")], ensure_ascii=False)
+    return '"Metaspace"' in text or SP_SPACE in text
+
+
+def _piece_bytes(piece: str, style: str) -> bytes | None:
+    """The text bytes a piece stands for; None for byte-fallback pieces (<0xE4>) and unreadable strings."""
+    if style == "byte_level":
+        return token_bytes(piece)
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        return None
+    return piece.replace(SP_SPACE, " ").encode("utf-8")
+
+
+def _as_piece(text: bytes, style: str) -> str | None:
+    """Bytes as a piece of `style`; None if a SentencePiece piece cannot hold them (not whole characters)."""
+    if style == "byte_level":
+        return token_str(text)
+    try:
+        return text.decode("utf-8").replace(" ", SP_SPACE)
+    except UnicodeDecodeError:
+        return None
+
+
 def expand_spec(base: dict, domain: dict, max_new: int | None = None) -> tuple[dict, list[tuple[str, int]], dict]:
     """The expanded tokenizer.json (as a dict), the (token, id) pairs added, and skip counts by reason."""
     bmodel = base.get("model") or {}
     if bmodel.get("type") != "BPE":
-        raise ValueError(f"base tokenizer model is {bmodel.get('type')}; expand needs a byte-level BPE base")
-    if any(token_bytes(s) is None for s in bmodel["vocab"]):
-        raise ValueError("base tokenizer is not byte-level (vocabulary strings outside the ByteLevel alphabet)")
+        raise ValueError(f"base tokenizer model is {bmodel.get('type')}; expand needs a BPE base "
+                         "(byte-level, or SentencePiece-style with byte fallback)")
+    base_style, domain_style = piece_style(base), piece_style(domain)
     # Added (special) tokens live outside BPE; they keep their ids by being listed in the model vocabulary too,
     # because tokenizers renumbers added tokens missing from it as "model size + position" when loading.
     reserved = {t["content"]: t["id"] for t in base.get("added_tokens", [])}
     vocab: dict[str, int] = {s: i for s, i in bmodel["vocab"].items() if s not in reserved}
     special = set(reserved) | {t["content"] for t in domain.get("added_tokens", [])}
-    next_id = 1 + max([*bmodel["vocab"].values(), *reserved.values()])
+    first_new = 1 + max([*bmodel["vocab"].values(), *reserved.values()])
 
     # half -> the other halves of base-token splits it appears in: a new token may not be half of a base split
     # (splits of new tokens into new halves are fine: they make new ids, which the guarantee allows)
     by_left: dict[str, list[str]] = defaultdict(list)
     by_right: dict[str, list[str]] = defaultdict(list)
 
-    for tok in vocab:
+    for tok in vocab if base_style == "byte_level" else ():
         for i in range(1, len(tok)):
             by_left[tok[:i]].append(tok[i:])
             by_right[tok[i:]].append(tok[:i])
 
     added: list[tuple[str, int]] = []
-    skipped = {"in_base": 0, "special": 0, "not_byte_level": 0, "unreachable": 0, "half_of_existing": 0, "over_limit": 0}
-    for tok in _candidates(domain):
-        if tok in special:
-            skipped["special"] += 1
-        elif tok in vocab:
+    skipped = {"in_base": 0, "special": 0, "byte_piece": 0, "partial_character": 0, "unreachable": 0,
+               "half_of_existing": 0, "over_limit": 0}
+    considered: set[str] = set()
+
+    def consider(tok: str) -> None:
+        considered.add(tok)
+        if tok in vocab or tok in special:
             skipped["in_base"] += 1
-        elif token_bytes(tok) is None:
-            skipped["not_byte_level"] += 1
         elif max_new is not None and len(added) >= max_new:
             skipped["over_limit"] += 1
-        elif not any(tok[:i] in vocab and tok[i:] in vocab for i in range(1, len(tok))):
+        elif not (base_style == "sentencepiece" and len(tok) == 1) and not any(
+            tok[:i] in vocab and tok[i:] in vocab for i in range(1, len(tok))
+        ):  # a SentencePiece base looks a single character up directly; anything longer needs a merge
             skipped["unreachable"] += 1
-        elif any(r in vocab for r in by_left.get(tok, ())) or any(l in vocab for l in by_right.get(tok, ())):
+        elif base_style == "byte_level" and (
+            any(r in vocab for r in by_left.get(tok, ())) or any(l in vocab for l in by_right.get(tok, ()))
+        ):
             skipped["half_of_existing"] += 1
         else:
-            vocab[tok] = next_id
-            added.append((tok, next_id))
-            next_id += 1
+            vocab[tok] = len(added) + first_new
+            added.append((tok, vocab[tok]))
+
+    for candidate in _candidates(domain):
+        text = None if candidate in special else _piece_bytes(candidate, domain_style)
+        tok = _as_piece(text, base_style) if text else None
+        if candidate in special:
+            skipped["special"] += 1
+        elif text is None:
+            skipped["byte_piece"] += 1
+        elif tok is None:
+            skipped["partial_character"] += 1
+        elif tok not in considered:
+            if base_style == "sentencepiece":  # its characters first: SentencePiece lists pieces before them
+                for ch in dict.fromkeys(tok):
+                    if ch not in vocab and ch not in considered and ch != tok:
+                        consider(ch)
+            consider(tok)
 
     new_merges = []
     for tok, _ in added:  # every split of each new token, in id order, after all base merges (as merges_from_ranks)
