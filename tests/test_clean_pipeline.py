@@ -156,6 +156,22 @@ def test_cli_clean(tmp_path, corpus):
     assert "near_dedup" in result.output
 
 
+def test_cli_dedup_only_deduplicates(tmp_path, corpus):
+    result = CliRunner().invoke(app, ["data", "dedup", str(corpus), "-o", str(tmp_path / "o"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "in=9 kept=4 removed=5 bad_records=3" in result.output  # "太短" and French stay: nothing filters
+    rejects = {r["op"]: r for r in _read(tmp_path / "o" / "rejects.jsonl") if r.get("op")}
+    kept = _read(tmp_path / "o" / "clean.jsonl")
+    assert rejects["exact_dedup"]["record"]["path"] == "doc1.md" and rejects["exact_dedup"]["duplicate_of"] == kept[0]["id"]
+    assert rejects["near_dedup"]["record"]["path"] == "doc3.md" and rejects["near_dedup"]["duplicate_of"] == kept[0]["id"]
+    assert kept[0]["text"] == PARA + "\n\n\n\n联系 admin@mirror-team.cn。"  # untouched: no normalising
+    result = CliRunner().invoke(app, ["data", "dedup", str(corpus), "-o", str(tmp_path / "o2"), "--no-near",
+                                      "--no-progress"])
+    assert "kept=5 removed=4" in result.output
+    result = CliRunner().invoke(app, ["data", "dedup", str(corpus), "-o", str(tmp_path / "o3"), "--no-near", "--no-exact"])
+    assert result.exit_code != 0 and "nothing to do" in result.output
+
+
 @pytest.mark.slow
 def test_clean_debian_finds_manpage_duplicates(tmp_path, debian_corpus):
     from danlu.data.ingest import ingest

@@ -81,6 +81,33 @@ def clean_cmd(
         typer.echo(f"  {o['op']:<12} in={o['in']} kept={o['kept']} removed={o['removed']}{extra}")
 
 
+@app.command("dedup")
+def dedup_cmd(
+    inputs: List[Path] = typer.Argument(..., help="Document or SFT JSONL files, or folders of them."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (clean.jsonl, rejects.jsonl, report.json)."),
+    exact: bool = typer.Option(True, "--exact/--no-exact", help="Drop exact duplicates (NFKC, case, whitespace)."),
+    near: bool = typer.Option(True, "--near/--no-near", help="Drop MinHash-LSH near-duplicates."),
+    threshold: float = typer.Option(0.8, "--threshold", help="Near-duplicate Jaccard threshold."),
+    ngram: int = typer.Option(5, "--ngram", help="Character shingle size for near-duplicates."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Only deduplicate (no normalising or filtering): `data clean` with just its dedup steps. Each removed
+    record is in rejects.jsonl with the id of the record it duplicates."""
+    from danlu.config import validate
+    from danlu.data.clean import clean
+    from danlu.data.clean.config import CleanConfig
+
+    steps = ([{"op": "exact_dedup"}] if exact else []) + (
+        [{"op": "near_dedup", "threshold": threshold, "ngram": ngram}] if near else [])
+    if not steps:
+        raise typer.BadParameter("nothing to do: both --no-exact and --no-near")
+    report = clean(inputs, out, config=validate({"steps": steps}, CleanConfig, "dedup"), progress=progress)
+    typer.echo(f"in={report['in']} kept={report['kept']} removed={report['removed']} "
+               f"bad_records={report['bad_records']} -> {out}")
+    for o in report["operators"]:
+        typer.echo(f"  {o['op']:<12} in={o['in']} kept={o['kept']} removed={o['removed']}")
+
+
 @app.command("chunk")
 def chunk_cmd(
     inputs: List[Path] = typer.Argument(..., help="Document JSONL files or folders of them."),
