@@ -48,7 +48,7 @@ class TrainConfig(StrictModel):
     vocab_size: int = 32768
     type: Literal["bpe", "unigram"] = "bpe"
     pattern: str = GPT4_PATTERN
-    # BPE: the share of non-ASCII character occurrences whose characters become tokens before any other merge
+    # BPE: the share of non-ASCII character occurrences whose characters become tokens before the merge loop
     # (sentencepiece's character_coverage; 0.9995 is its default for CJK). Rarer characters stay bytes.
     character_coverage: float = Field(0.9995, gt=0, le=1)
     model_max_length: int = 2048
