@@ -746,13 +746,6 @@ done:
     return result;
 }
 
-static PyObject *Trainer_stats(Trainer *self, PyObject *Py_UNUSED(ignored)) {
-    int64_t total = 0;
-    for (size_t k = 0; k < self->nchunks; k++) total += self->chunk[k].cnt;
-    return Py_BuildValue("{s:n,s:L,s:n}", "unique_chunks", (Py_ssize_t)self->nchunks, "chunks", (long long)total,
-                         "unique_chars", (Py_ssize_t)self->ncps);
-}
-
 static PyObject *split_gpt4(PyObject *Py_UNUSED(mod), PyObject *arg) {
     if (!PyUnicode_Check(arg)) return PyErr_Format(PyExc_TypeError, "split_gpt4 takes str");
     Py_UCS4 *t; uint8_t *cl; Py_ssize_t n;
@@ -774,7 +767,6 @@ static PyMethodDef Trainer_methods[] = {
     {"add_chunk", (PyCFunction)Trainer_add_chunk, METH_VARARGS, "add_chunk(str, count=1): count one pre-split chunk."},
     {"train", (PyCFunction)(void (*)(void))Trainer_train, METH_VARARGS | METH_KEYWORDS,
      "train(n_tokens, coverage=0.9995, max_char_fraction=0.5, progress=None) -> list of token bytes in rank order."},
-    {"stats", (PyCFunction)Trainer_stats, METH_NOARGS, "Counts of what was added."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -79,17 +79,12 @@ def expand_tokenizer(
         if src.exists():
             with atomic_path(out_dir / name) as tmp:
                 tmp.write_bytes(src.read_bytes())
-    style = piece_style(base_spec)
-    texts = [_piece_bytes(s, style).decode("utf-8", "replace") for s, _ in added]
-    atomic_write_json(
-        out_dir / "new_tokens.json", [{"id": i, "text": t, "token": s} for (s, i), t in zip(added, texts)]
-    )
+    atomic_write_json(out_dir / "new_tokens.json", [{"id": i, "text": t, "token": s} for s, i, t in added])
     report = {
         "counts": {"candidates": sum(skipped.values()) + len(added), "added": len(added), "skipped": skipped},
-        "base_style": style,
         "base_vocab_size": _size(base_spec),
         "vocab_size": _size(spec),
-        "examples": texts[:30],
+        "examples": [t for _, _, t in added[:30]],
     }
     if cfg.model:
         from danlu.model.resize import resize_for_tokenizer
@@ -137,8 +132,9 @@ def _as_piece(text: bytes, style: str) -> str | None:
         return None
 
 
-def expand_spec(base: dict, domain: dict, max_new: int | None = None) -> tuple[dict, list[tuple[str, int]], dict]:
-    """The expanded tokenizer.json (as a dict), the (token, id) pairs added, and skip counts by reason."""
+def expand_spec(base: dict, domain: dict, max_new: int | None = None) -> tuple[dict, list[tuple[str, int, str]], dict]:
+    """The expanded tokenizer.json (as a dict), the (piece, id, text) of each token added, and skip counts by
+    reason."""
     bmodel = base.get("model") or {}
     if bmodel.get("type") != "BPE":
         raise ValueError(f"base tokenizer model is {bmodel.get('type')}; expand needs a BPE base "
@@ -161,7 +157,7 @@ def expand_spec(base: dict, domain: dict, max_new: int | None = None) -> tuple[d
             by_left[tok[:i]].append(tok[i:])
             by_right[tok[i:]].append(tok[:i])
 
-    added: list[tuple[str, int]] = []
+    added: list[tuple[str, int, str]] = []
     skipped = {"in_base": 0, "special": 0, "byte_piece": 0, "partial_character": 0, "unreachable": 0,
                "half_of_existing": 0, "over_limit": 0}
     considered: set[str] = set()
@@ -182,7 +178,7 @@ def expand_spec(base: dict, domain: dict, max_new: int | None = None) -> tuple[d
             skipped["half_of_existing"] += 1
         else:
             vocab[tok] = len(added) + first_new
-            added.append((tok, vocab[tok]))
+            added.append((tok, vocab[tok], _piece_bytes(tok, base_style).decode("utf-8", "replace")))
 
     for candidate in _candidates(domain):
         text = None if candidate in special else _piece_bytes(candidate, domain_style)
@@ -201,7 +197,7 @@ def expand_spec(base: dict, domain: dict, max_new: int | None = None) -> tuple[d
             consider(tok)
 
     new_merges = []
-    for tok, _ in added:  # every split of each new token, in id order, after all base merges (as merges_from_ranks)
+    for tok, _, _ in added:  # every split of each new token, in id order, after all base merges (as merges_from_ranks)
         halves = [(tok[:i], tok[i:]) for i in range(1, len(tok)) if tok[:i] in vocab and tok[i:] in vocab]
         new_merges.extend([l, r] for l, r in sorted(halves, key=lambda h: (vocab[h[0]], vocab[h[1]])))
     spec = json.loads(json.dumps(base))
