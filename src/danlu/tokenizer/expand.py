@@ -98,12 +98,12 @@ def expand_tokenizer(
 def piece_style(spec: dict) -> str:
     """"byte_level" or "sentencepiece" (BPE/Unigram pieces of text with ▁ for spaces), else ValueError."""
     model = spec.get("model") or {}
-    reserved = {t["content"] for t in spec.get("added_tokens", [])}
-    vocab = model.get("vocab") or {}
-    strings = [s for s in (vocab if isinstance(vocab, dict) else (p for p, _ in vocab)) if s not in reserved]
     if model.get("byte_fallback") or _uses_metaspace(spec):
         return "sentencepiece"
-    if all(token_bytes(s) is not None for s in strings):
+    reserved = {t["content"] for t in spec.get("added_tokens", [])}
+    vocab = model.get("vocab") or {}
+    strings = vocab if isinstance(vocab, dict) else (p for p, _ in vocab)  # BPE: {piece: id}; Unigram: [[piece, score]]
+    if all(token_bytes(s) is not None for s in strings if s not in reserved):
         return "byte_level"
     raise ValueError("tokenizer is neither byte-level nor SentencePiece-style (pieces with ▁ and byte fallback)")
 
