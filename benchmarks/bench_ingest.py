@@ -37,11 +37,11 @@ def throughput(corpus: Path, workers: int, tmp: Path) -> list[dict]:
     t0 = time.perf_counter()
     report = ingest([corpus], tmp / "all", workers=workers, progress=False)
     wall = time.perf_counter() - t0
-    files = report["files"]
+    files = report["counts"]
     print(f"\n== import {corpus} ({workers} workers) ==")
-    print(f"files in={files['in']} written={files['written']} skipped={files['skipped']} failed={files['failed']} "
-          f"records={report['records']} chars={report['chars']:,} pages={report['pages']} "
-          f"ocr_pages={report['ocr_pages']}")
+    print(f"files in={files['in']} written={files['kept']} skipped={sum(files['filtered'].values())} "
+          f"failed={sum(files['rejected'].values())} records={report['records']} chars={report['characters']:,} "
+          f"pages={report['pages']} ocr_pages={report['ocr_pages']}")
     for f in report["failed"]:
         print(f"  FAILED {f['path']}: {f['reason']}")
     print(f"wall: {wall:.1f}s  {files['in'] / wall:.1f} files/s  {report['bytes'] / wall / 1e6:.2f} MB/s")

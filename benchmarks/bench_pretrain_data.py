@@ -75,7 +75,7 @@ def main() -> None:
         lengths = TokenStore(tmp / "s1").lengths.tolist()
         gen_r = tokenize([tmp / "general.jsonl"], tmp / "g", tmp / "tok", workers=1, progress=False)
         print(f"\ndocuments: {len(lengths)} ops (median {int(np.median(lengths))} tokens, max {max(lengths)}), "
-              f"{gen_r['docs']} general")
+              f"{gen_r['counts']['kept']} general")
         print(f"{'packing (ops lengths)':<28}{'rows':>8}{'padding':>10}")
         for seq_len in (512, 2048):
             for method in ("greedy", "best_fit"):

@@ -1,8 +1,16 @@
-"""Corpus refinement throughput on the real Debian corpus: clean + dedup + chunk, MB/s per stage, and danlu's
-near-duplicate step against datasketch's MinHash + MinHashLSH at the same settings, in the same run.
+"""Corpus refinement on the real Debian corpus: what the clean stage removes (per operator: records and
+characters removed, share of the corpus), the acceptance checks of section-level filtering, throughput of
+clean + dedup + chunk, and danlu's near-duplicate step against datasketch's MinHash + MinHashLSH at the same
+settings, in the same run.
 
-    .venv/bin/python benchmarks/bench_refine.py [--corpus /work/debian-zh | --docs documents.jsonl]
-        [--tokenizer TOKENIZER_DIR] [--max-tokens 1024]
+    .venv/bin/python benchmarks/bench_refine.py [--corpus /work/debian-zh/ops | --docs documents.jsonl]
+        [--heldout DIR | --build-heldout DIR] [--tokenizer TOKENIZER_DIR] [--max-tokens 1024]
+
+Acceptance (pretrain preset): no record over 100K characters dropped whole, under 1% of the characters
+removed by the quality filters (dedup aside), the Debian Reference text edition kept. `--heldout` runs the
+same preset over a second set of clean technical documentation (ingested from DIR); `--build-heldout DIR`
+first fills DIR from this machine's /usr/share (see build_heldout: Traditional Chinese and English man pages,
+package READMEs/FAQs, none of them in the Debian corpus).
 
 Peer: datasketch's usual recipe - one MinHash per document, update_batch over its UTF-8 shingles (sha1_hash32),
 insert into MinHashLSH(threshold, num_perm), query every document, join candidates into clusters. danlu uses
@@ -15,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import tempfile
 import time
 from itertools import combinations
@@ -91,10 +101,98 @@ def train_tokenizer(texts: list[str], folder: Path) -> Path:
     return folder
 
 
+# Held-out documentation from this machine: none of it is in the Debian corpus (which takes zh_CN man pages and
+# the Debian books). Data tables that are not documentation (fonts-dejavu's glyph status lists) and the docs of
+# the corpus's own packages are left out.
+HELDOUT_SKIP = ("fonts-dejavu", "maint-guide", "debian-reference", "debian-handbook", "manpages-zh", "debian")
+
+
+def build_heldout(out: Path) -> Path:
+    """Copy a held-out set of clean technical documentation into `out` (deterministic: sorted, every k-th)."""
+    def copy(src: Path, dst: Path) -> None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+
+    for p in sorted(Path("/usr/share/man/zh_TW").rglob("*.gz")):
+        copy(p, out / "man-zh_TW" / p.name)
+    for sec, step in (("man1", 40), ("man5", 4), ("man8", 4)):
+        for p in sorted(Path("/usr/share/man", sec).glob("*.gz"))[::step]:
+            copy(p, out / "man-en" / p.name)
+    patterns = ("README*", "FAQ*", "*.md", "*.md.gz", "*.txt", "*.txt.gz", "*.rst", "*.rst.gz")
+    for d in sorted(Path("/usr/share/doc").iterdir()):
+        if d.is_dir() and not d.name.startswith(HELDOUT_SKIP):
+            for pat in patterns:
+                for p in sorted(d.glob(pat)):
+                    if p.is_file():
+                        copy(p, out / "doc" / d.name / p.name)
+    tutor = Path("/usr/share/vim/vim90/tutor/tutor.zh_cn.utf-8")
+    if tutor.exists():
+        copy(tutor, out / "vim" / "tutor.zh_cn.txt")
+    return out
+
+
+def print_operators(report: dict) -> None:
+    """Per operator: records and characters in/removed and the share of the corpus (report.json's figures)."""
+    total = report["chars"]["in"]
+    print(f"  {'operator':<12} {'unit':<8} {'records in':>10} {'removed':>8} {'trimmed':>8} {'sections':>8} "
+          f"{'chars in':>11} {'chars removed':>14} {'share':>7}")
+    for o in report["operators"]:
+        if o["kind"] == "read" and not o["removed"]:
+            continue
+        print(f"  {o['op']:<12} {o.get('granularity', o['kind']):<8} {o['in']:>10,} {o['removed']:>8,} "
+              f"{o.get('trimmed', 0):>8,} {o.get('sections_removed', 0):>8,} {o['chars_in']:>11,} "
+              f"{o['chars_removed']:>14,} {o['chars_removed'] / max(total, 1):>7.2%}")
+    for w in report.get("warnings") or []:
+        print(f"  warning: {w}")
+
+
+def acceptance(report: dict, docs: Path, out: Path, big: int = 100_000) -> None:
+    """The issue's checks, from the run's own files: whole drops of big records, the filters' share, the book."""
+    filters = sum(o["chars_removed"] for o in report["operators"] if o["kind"] == "filter")
+    total = report["chars"]["in"]
+    dropped = {}
+    for line in open(out / "rejects.jsonl", encoding="utf-8"):
+        r = json.loads(line)
+        if "record" in r and "span" not in r and "dedup" not in r["op"]:
+            dropped[r["id"]] = (len(r["record"].get("text", "")), r["record"].get("path"), r["op"], r["reason"])
+    big_drops = [v for v in dropped.values() if v[0] > big]
+    print(f"  records over {big:,} characters dropped whole by a filter: {len(big_drops)}"
+          + "".join(f"\n    {p} ({n:,} chars, {op}: {why})" for n, p, op, why in big_drops))
+    print(f"  characters removed by the quality filters (dedup aside): {filters:,} = {filters / max(total, 1):.3%} "
+          f"of {total:,}")
+    kept = {}
+    for line in open(out / "clean.jsonl", encoding="utf-8"):
+        r = json.loads(line)
+        kept[r["id"]] = r
+    for line in open(docs, encoding="utf-8"):
+        r = json.loads(line)
+        if r["path"].endswith("debian-reference.zh-cn.txt"):
+            k = kept.get(r["id"])
+            cut = [json.loads(x) for x in open(out / "rejects.jsonl", encoding="utf-8")]
+            spans = [(c["op"], c["span"], c["reason"]) for c in cut if c.get("id") == r["id"] and "span" in c]
+            print(f"  Debian Reference text edition ({len(r['text']):,} chars): "
+                  + (f"kept, {len(k['text']):,} chars out; {len(spans)} section(s) removed"
+                     + "".join(f"\n    {op} {sp}: {why}" for op, sp, why in spans) if k else "NOT KEPT"))
+
+
+def run_clean(docs: Path, out: Path, label: str) -> dict:
+    from danlu.data.clean import clean, load_clean_config
+
+    t = time.perf_counter()
+    report = clean(docs, out, config=load_clean_config(preset="pretrain"), progress=False)
+    print(f"{label}: pretrain preset, {time.perf_counter() - t:.1f}s, records in={report['counts']['in']:,} "
+          f"kept={report['counts']['kept']:,}; chars in={report['chars']['in']:,} kept={report['chars']['kept']:,}")
+    print_operators(report)
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", default="/work/debian-zh", help="raw corpus folder (ingested first)")
+    default_corpus = os.environ.get("DANLU_DEBIAN_CORPUS", "/work/debian-zh")
+    ap.add_argument("--corpus", default=str(Path(default_corpus) / "ops"), help="raw corpus folder (ingested first)")
     ap.add_argument("--docs", help="already-ingested documents.jsonl (skips ingest)")
+    ap.add_argument("--heldout", help="raw folder of held-out clean documentation (ingested, cleaned the same way)")
+    ap.add_argument("--build-heldout", help="fill this folder with held-out documentation first (see build_heldout)")
     ap.add_argument("--tokenizer", help="HF tokenizer folder for chunking (default: train an 8k BPE here)")
     ap.add_argument("--max-tokens", type=int, default=1024)
     ap.add_argument("--threshold", type=float, default=0.8)
@@ -124,10 +222,21 @@ def main() -> None:
     t = time.perf_counter()
     report = clean(docs, work / "clean", config=cfg, progress=False)
     clean_s = time.perf_counter() - t
+    print("what the pretrain preset removes, per operator (report.json):")
+    print_operators(report)
+    print("acceptance:")
+    acceptance(report, docs, work / "clean")
+    if args.build_heldout:
+        args.heldout = str(build_heldout(Path(args.build_heldout)))
+    if args.heldout:
+        from danlu.data.ingest import ingest
+
+        ingest([args.heldout], work / "heldout-ingest", progress=False)
+        run_clean(work / "heldout-ingest" / "documents.jsonl", work / "heldout-clean", f"held-out ({args.heldout})")
     ops = {o["op"]: o for o in report["operators"]}
     record_s = sum(o["seconds"] for o in report["operators"] if o["kind"] in ("transform", "filter"))
     dedup_s = sum(o["seconds"] for o in report["operators"] if o["kind"] == "dedup")
-    print(f"clean (whole stage): {clean_s:.2f}s  {mb / clean_s:.2f} MB/s  in={report['in']} kept={report['kept']}")
+    print(f"clean (whole stage): {clean_s:.2f}s  {mb / clean_s:.2f} MB/s  in={report['counts']['in']} kept={report['counts']['kept']}")
     print(f"  per-record operators: {record_s:.2f}s  {mb / record_s:.2f} MB/s")
     for o in report["operators"][1:]:
         print(f"    {o['op']:<12} {o['seconds']:7.2f}s  removed={o['removed']}"
@@ -141,7 +250,7 @@ def main() -> None:
     creport = chunk(work / "clean", work / "chunk", tokenizer=tokenizer, max_tokens=args.max_tokens, progress=False)
     chunk_s = time.perf_counter() - t
     cmb = _mb(clean_texts)
-    print(f"chunk (max {args.max_tokens} tokens): {chunk_s:.2f}s  {cmb / chunk_s:.2f} MB/s  docs={creport['docs']} "
+    print(f"chunk (max {args.max_tokens} tokens): {chunk_s:.2f}s  {cmb / chunk_s:.2f} MB/s  docs={creport['counts']['kept']} "
           f"chunks={creport['chunks']} max_chunk_tokens={creport['max_chunk_tokens']} "
           f"over_budget={creport['over_budget_chunks']}")
 

@@ -123,7 +123,8 @@ def test_chunk_stage_records_and_cli(tmp_path, tokenizer_dir):
                                       str(tokenizer_dir), "--max-tokens", "80", "--heading-prefix", "--no-progress"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["in"] == 3 and report["docs"] == 2 and report["bad_records"] == 1
+    c = report["counts"]
+    assert c["in"] == 3 and c["kept"] == 2 and sum(c["rejected"].values()) == 1
     rows = [json.loads(line) for line in open(tmp_path / "out" / "chunks.jsonl", encoding="utf-8")]
     parent = docs[0]["id"]
     mine = [r for r in rows if r["meta"]["parent_id"] == parent]
@@ -161,7 +162,7 @@ def test_chunk_real_debian_docs(tmp_path, debian_corpus):
     tok.save(str(tmp_path / "tok" / "tokenizer.json"))
     report = chunk(tmp_path / "ing", tmp_path / "chunks", tokenizer=tmp_path / "tok", max_tokens=512,
                    progress=False)
-    assert report["docs"] == len(docs) and report["over_budget_chunks"] == 0
+    assert report["counts"]["kept"] == len(docs) and report["over_budget_chunks"] == 0
     rows = [json.loads(line) for line in open(tmp_path / "chunks" / "chunks.jsonl", encoding="utf-8")]
     assert report["chunks"] == len(rows) > len(docs)
     by_parent: dict[str, list[dict]] = {}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from danlu.data.clean import load_clean_config
 from danlu.data.clean.base import changed_chars
-from danlu.data.clean.filters import BadWords, CharRatio, Length, Repetition, SFTAnswer
+from danlu.data.clean.filters import BadWords, CharRatio, Length, SFTAnswer
+from danlu.data.clean.repetition import Repetition
 from danlu.data.clean.langid import LangId
 from danlu.data.clean.markdown import blocks
 from danlu.data.clean.normalize import Invisible, Punctuation, TraditionalToSimplified, Unicode, Whitespace
@@ -197,3 +199,113 @@ def test_markdown_blocks_cover_text():
 def test_pii_masks_are_literal_text():
     pii = PII(kinds=["url", "phone"], masks={"url": r"<U\1>", "phone": r"\g<0>"})
     assert pii.apply("见 https://example.org/a 或致电 13812345678") == r"见 <U\1> 或致电 \g<0>"
+
+
+# --- calibrated filters (issue #11) ---------------------------------------------------------------------------
+
+def test_top_ngram_share_is_at_most_one():
+    """Overlapping occurrences are covered once: "买买 买买 ..." used to report 'covers 1.97 of chars'."""
+    text = "买买 买买 " * 30
+    assert Repetition().measure(text)["top_2gram"] == 1.0
+    reason = Repetition(max_dup_line_frac=1, max_dup_line_char_frac=1).judge(text)
+    assert reason == "top 2-gram covers 1.00 of chars > 0.3 (cjk)"
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    assert Repetition().measure(" ".join(words))["top_2gram"] == 0.0  # nothing repeats: nothing covered
+    half = " ".join(words) + " " + " ".join(["lambda mu"] * 5)
+    share = Repetition().measure(half)["top_2gram"]
+    assert abs(share - 5 * len("lambdamu") / sum(map(len, half.split()))) < 1e-9  # (lambda mu) x5: 40 of 87 chars
+
+
+def test_layout_lines_and_table_rows_are_not_repeated_content():
+    rows = "\n".join(f"| {i} | 参数{i} |\n+----------+----------+" for i in range(30))
+    text = "下面的表格列出全部参数，每个参数都有说明。\n\n" + rows
+    assert Repetition().judge(text) is None
+    encoding = "\n".join(["1     CARD8                           major opcode",
+                          "2     CARD16                          sequence number"] * 20)
+    assert Repetition().judge("The reply is encoded as follows.\n\n" + encoding) is None
+    assert Repetition(ignore_tables=False).judge("The reply.\n\n" + encoding) is not None
+
+
+def test_ngram_thresholds_are_per_script():
+    zh = "搬家公司" * 3 + "提供服务。" + "搬家公司价格实惠，" * 10
+    en = " ".join(["cheap movers"] * 10 + ["for", "your", "home"])
+    rules = dict(max_dup_line_frac=1, max_dup_line_char_frac=1, max_dup_ngram_char_frac={})
+    strict_zh = Repetition(cjk_max_top_ngram_char_frac={2: 0.1}, max_top_ngram_char_frac={2: 0.99}, **rules)
+    assert strict_zh.judge(zh).endswith("(cjk)") and strict_zh.judge(en) is None
+    strict_en = Repetition(cjk_max_top_ngram_char_frac={2: 0.99}, max_top_ngram_char_frac={2: 0.1}, **rules)
+    assert strict_en.judge(en).endswith("(latin)") and strict_en.judge(zh) is None
+
+
+def test_keyword_stuffing_needs_dominant_words_and_no_grammar():
+    import random
+
+    from danlu.data.clean.planted import spam
+
+    rep = load_clean_config(preset="pretrain").steps[[s.op for s in load_clean_config(preset="pretrain").steps].index("repetition")]
+    rng = random.Random(3)
+    for lang in ("zh", "en", "zh", "en"):
+        assert "keyword stuffing" in rep.judge(spam(rng, lang)) or "top" in rep.judge(spam(rng, lang))
+    prose = ("apt 是 Debian 的软件包管理工具。它从软件源下载软件包，并且在安装之前检查依赖关系。"
+             "如果依赖关系不能满足，apt 会给出提示，用户可以选择其他版本或者取消安装。") * 4
+    assert rep.judge(prose) is None
+
+
+def test_mojibake_finds_the_usual_misdecodings():
+    from danlu.data.clean.mojibake import Mojibake
+
+    zh = "Debian 是一个自由的操作系统，由遍布全球的志愿者共同开发和维护。它提供了数万个软件包，覆盖服务器、桌面和嵌入式设备。"
+    m = Mojibake()
+    assert m.judge(zh) is None
+    assert m.judge("Café, déjà vu, naïve façade — “quotes” … Zürich, Ærø, São Paulo, Kraków.") is None
+    assert m.judge("日本語のテキストも、誤って判定されてはいけません。ひらがなとカタカナ。") is None
+    assert "GBK" in m.judge(zh.encode("utf-8").decode("gbk", errors="replace"))
+    assert "cp1252" in m.judge(zh.encode("utf-8").decode("cp1252", errors="replace"))
+    # Latin-1 turns UTF-8 continuation bytes 0x80-0x9F into C1 controls, which `invisible` removes first
+    latin1 = Invisible().apply(zh.encode("utf-8").decode("latin-1"))
+    assert "Latin-1" in m.judge(latin1)
+    assert "replacement characters" in m.judge(zh[:20] + "\ufffd" * 3 + zh[20:])
+    assert "replacement characters" in m.judge(zh + "锟斤拷锟斤拷")
+
+
+def test_boilerplate_and_navigation():
+    import random
+
+    from danlu.data.clean.boilerplate import CHROME_PHRASES, Boilerplate, _CHROME
+    from danlu.data.clean.planted import boilerplate, navigation
+
+    for phrase, example in CHROME_PHRASES:  # the look-ahead on first characters must not hide a phrase
+        assert _CHROME.search(example.lower()), phrase
+    for alt in ("log in / sign up", "previous article: x", "download our app", "reddit | x", "facebook |",
+                "linkedin |", "like (3)", "首页 ｜ 联系我们"):
+        assert _CHROME.search(alt), alt
+    b = Boilerplate()
+    rng = random.Random(5)
+    for lang in ("zh", "en"):
+        assert "boilerplate lines" in b.judge(boilerplate(rng, lang))
+        assert "navigation links" in b.judge(navigation(rng, lang))
+    login = ("## 描述\n\n**login** 用于登录系统。用户输入用户名和口令后，login 启动用户的登录 shell。\n\n"
+             "新用户需要先注册帐号，管理员用 useradd 命令注册。Log in as root to register new users.\n\n"
+             "## 参见\n\n**passwd**(1), **nologin**(8), **useradd**(8)")
+    options = "\n".join(f"- **-{c}**, **--opt-{c}**\n\n  选项 {c} 的说明。" for c in "abcdefgh")
+    toc = "\n".join(f"    {i}.{j}. 第 {j} 节" for i in range(1, 6) for j in range(1, 6))
+    table = "\n".join(f"| `Ctrl-{c}` | 删除一个字符 |" for c in "ABCDEFGHIJ")
+    for text in (login, options, toc, table):
+        assert b.judge(text) is None, text[:40]
+
+
+def test_char_ratio_leaves_formatting_out():
+    f = CharRatio(min_letter_ratio=0.3, max_digit_ratio=0.5)
+    toc = "\n".join(f"4.{i}  Compressed pages ....................................   {i + 14}" for i in range(12))
+    assert f.judge(toc) is None
+    bits = "说明如下。\n\n```\n" + "\n".join(f"vec($_, {i}, 1) = 1 == {2 ** i:10d} {'0' * i}1" for i in range(20)) + "\n```"
+    assert f.judge(bits) is None
+    assert f.judge("```\n0101 0101\n```") is None  # only code: nothing to judge
+    assert f.judge("#$%^&*()!@#$%^&*()_+{}|:<>?~ 12 34 56 78 90") is not None
+
+
+def test_langid_skips_code_and_too_little_text():
+    f = LangId(languages=["chinese", "english", "french"], keep=["chinese", "english"])
+    assert f.judge("```\nif [ -f /etc/os-release ]; then . /etc/os-release; fi\n```") is None
+    assert f.judge("$ ls -la") is None  # fewer letters than min_letters
+    assert "french" in f.judge("Ceci est un texte français sur le système Debian et ses paquets logiciels.")
+    assert f.judge("   ") == "no text to identify"

@@ -69,9 +69,11 @@ def test_clean_accounts_for_every_line(tmp_path, corpus):
     report = clean(corpus, tmp_path / "out", config=cfg_path, progress=False)
     kept = _read(tmp_path / "out" / "clean.jsonl")
     rejects = _read(tmp_path / "out" / "rejects.jsonl")
-    assert report["in"] == 9 and report["kept"] == len(kept) == 2
-    assert report["in"] == report["kept"] + report["removed"] == len(kept) + len(rejects)
-    assert report["bad_records"] == 3
+    c = report["counts"]
+    removed = sum(c["filtered"].values()) + sum(c["rejected"].values())
+    assert c["in"] == 9 and c["kept"] == len(kept) == 2
+    assert c["in"] == c["kept"] + removed == len(kept) + len(rejects)
+    assert sum(c["rejected"].values()) == 3
     bad = sorted((r["line"], r["reason"]) for r in rejects if r["op"] == "read")
     assert [line for line, _ in bad] == [6, 7, 8]
     assert "must be str" in bad[0][1] and "invalid JSON" in bad[1][1] and "missing field 'text'" in bad[2][1]
@@ -82,7 +84,7 @@ def test_clean_accounts_for_every_line(tmp_path, corpus):
     for prev, op in zip(ops, ops[1:]):
         assert op["in"] == op["kept"] + op["removed"]
         assert op["in"] == prev["kept"]
-    assert ops[-1]["kept"] == report["kept"]
+    assert ops[-1]["kept"] == report["counts"]["kept"]
     ws = next(o for o in ops if o["op"] == "whitespace")
     assert ws["records_changed"] == 1 and ws["chars_changed"] == 2
     assert all("<EMAIL>" in r["text"] for r in kept if "联系" in r["text"])
@@ -92,7 +94,7 @@ def test_clean_accounts_for_every_line(tmp_path, corpus):
     near = next(r for r in rejects if r["op"] == "near_dedup")
     assert near["duplicate_of"] == kept[0]["id"]
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert saved["status"] == "complete" and saved["kept"] == 2
+    assert saved["status"] == "complete" and saved["counts"]["kept"] == 2
 
 
 def test_sft_records_clean_each_message(tmp_path):
@@ -114,7 +116,7 @@ def test_sft_records_clean_each_message(tmp_path):
     reasons = {r.get("id"): r["reason"] for r in _read(tmp_path / "out" / "rejects.jsonl")}
     assert "too short" in reasons["s2"]
     assert any("messages[0].content" in r for r in reasons.values())
-    assert report["in"] == 3 and report["kept"] == 1
+    assert report["counts"]["in"] == 3 and report["counts"]["kept"] == 1
 
 
 def test_presets_load_and_validate():
@@ -152,14 +154,14 @@ def test_cli_clean(tmp_path, corpus):
     result = CliRunner().invoke(app, ["data", "clean", str(corpus), "-o", str(tmp_path / "o"), "--config",
                                       str(cfg_path), "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "in=9 kept=2 removed=7 bad_records=3" in result.output
+    assert "in=9 kept=2 filtered=4 rejected=3" in result.output
     assert "near_dedup" in result.output
 
 
 def test_cli_dedup_only_deduplicates(tmp_path, corpus):
     result = CliRunner().invoke(app, ["data", "dedup", str(corpus), "-o", str(tmp_path / "o"), "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "in=9 kept=4 removed=5 bad_records=3" in result.output  # "太短" and French stay: nothing filters
+    assert "in=9 kept=4 filtered=2 rejected=3" in result.output  # "太短" and French stay: nothing filters
     rejects = {r["op"]: r for r in _read(tmp_path / "o" / "rejects.jsonl") if r.get("op")}
     kept = _read(tmp_path / "o" / "clean.jsonl")
     assert rejects["exact_dedup"]["record"]["path"] == "doc1.md" and rejects["exact_dedup"]["duplicate_of"] == kept[0]["id"]
@@ -167,9 +169,9 @@ def test_cli_dedup_only_deduplicates(tmp_path, corpus):
     assert kept[0]["text"] == PARA + "\n\n\n\n联系 admin@mirror-team.cn。"  # untouched: no normalising
     result = CliRunner().invoke(app, ["data", "dedup", str(corpus), "-o", str(tmp_path / "o2"), "--no-near",
                                       "--no-progress"])
-    assert "kept=5 removed=4" in result.output
+    assert "kept=5 filtered=1 rejected=3" in result.output
     result = CliRunner().invoke(app, ["data", "dedup", str(corpus), "-o", str(tmp_path / "o3"), "--no-near", "--no-exact"])
-    assert result.exit_code != 0 and "nothing to do" in result.output
+    assert result.exit_code != 0 and "nothing to do" in str(result.exception)
 
 
 @pytest.mark.slow
@@ -184,4 +186,5 @@ def test_clean_debian_finds_manpage_duplicates(tmp_path, debian_corpus):
     rejects = _read(tmp_path / "clean" / "rejects.jsonl")
     near = [r for r in rejects if r["op"] == "near_dedup"]
     assert any("sum." in r["record"]["path"] for r in near)
-    assert report["in"] == report["kept"] + report["removed"]
+    c = report["counts"]
+    assert c["in"] == c["kept"] + sum(c["filtered"].values()) + sum(c["rejected"].values())

@@ -12,7 +12,7 @@ import pytest
 from danlu.config import ConfigError, StrictModel, load_config
 from danlu.jsonl import BadLine, JsonlWriter, read_jsonl
 from danlu.records import document, stable_id
-from danlu.runs import atomic_write_text, read_report, start_run
+from danlu.runs import atomic_write_text, counts, read_report, start_run
 
 
 class Inner(StrictModel):
@@ -52,8 +52,8 @@ def test_run_folder_report_marks_completion(tmp_path):
     run = start_run(tmp_path / "out", "demo", Cfg())
     assert read_report(run.dir) is None  # unfinished until the report lands
     run.log_metrics({"step": 1, "loss": 2.0})
-    report = run.finish({"in": 3, "out": 2, "removed": 1})
-    assert read_report(run.dir)["out"] == 2 and report["status"] == "complete"
+    report = run.finish({"counts": counts(3, 2, {"too short": 1})})
+    assert read_report(run.dir)["counts"]["kept"] == 2 and report["status"] == "complete"
     assert "mode: fast" in (run.dir / "config.yaml").read_text()
     assert json.loads((run.dir / "metrics.jsonl").read_text())["loss"] == 2.0
     # reopening the folder for a rerun removes the old report: a killed rerun is never taken as finished
@@ -65,7 +65,7 @@ def test_a_failed_try_does_not_leave_its_log_handler_behind(tmp_path):
     start_run(tmp_path / "out", "demo", Cfg())  # raised before finish(): never closed
     run = start_run(tmp_path / "out", "demo", Cfg())
     run.log.info("once")
-    run.finish({})
+    run.finish({"counts": counts(0, 0)})
     assert (tmp_path / "out" / "run.log").read_text().count("once") == 1
 
 
@@ -102,11 +102,56 @@ def _danlu(*args):
     return subprocess.run([sys.executable, "-m", "danlu.cli", *args], capture_output=True, text=True)
 
 
+EXPECTED_COMMANDS = {
+    "data": {"ingest", "clean", "dedup", "chunk", "stats", "tokenize", "sft", "pref", "verify"},
+    "tokenizer": {"train", "expand", "compare"},
+    "train": {"pt", "sft", "dpo", "rm"},
+    "eval": {"run", "ppl", "mcq", "gen", "judge", "compare"},
+}
+TOP_COMMANDS = {"run", "chat", "serve", "export", "score"}
+# write a plain folder, not a stage's run folder (export: a Hugging Face model folder)
+NO_RUN_FOLDER = {("export",)}
+
+
+def _leaf_commands(group, path=()):
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _leaf_commands(cmd, (*path, name))
+        else:
+            yield (*path, name), cmd
+
+
 def test_cli_help_lists_every_stage():
-    out = _danlu("--help")
-    assert out.returncode == 0
-    for stage in ("data", "tokenizer", "train"):
-        assert stage in out.stdout
+    """Every stage's sub-command is registered (checked on the command tree itself, not on help text that merely
+    mentions the words) and answers --help in a real subprocess."""
+    import typer
+
+    from danlu.cli import app
+
+    root = typer.main.get_command(app)
+    assert set(EXPECTED_COMMANDS) | TOP_COMMANDS <= set(root.commands)
+    for group, commands in EXPECTED_COMMANDS.items():
+        assert commands <= set(root.commands[group].commands), (group, sorted(root.commands[group].commands))
+    assert _danlu("--help").returncode == 0
+    for group, commands in EXPECTED_COMMANDS.items():
+        for cmd in sorted(commands):
+            out = _danlu(group, cmd, "--help")
+            assert out.returncode == 0 and "Usage" in out.stdout, (group, cmd, out.stderr)
+
+
+def test_every_command_that_writes_a_run_folder_takes_set_and_force():
+    """One shape for every command: a command with an output folder (-o) writes a stage's run folder, so it takes
+    --force (to take over another stage's folder) and --set (a config override) like every other."""
+    import typer
+
+    from danlu.cli import app
+
+    missing = []
+    for path, cmd in _leaf_commands(typer.main.get_command(app)):
+        opts = {o for p in cmd.params for o in p.opts}
+        if "-o" in opts and path not in NO_RUN_FOLDER:
+            missing += [(" ".join(path), flag) for flag in ("--force", "--set") if flag not in opts]
+    assert not missing
 
 
 def test_fallback_record_ids_differ_across_folders_and_ignore_path_spelling(tmp_path, monkeypatch):

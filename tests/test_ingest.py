@@ -14,6 +14,7 @@ from danlu.data.ingest.encoding import decode
 from danlu.data.ingest.errors import IngestFailure
 from danlu.data.ingest.furniture import Line, join_paragraphs, remove_furniture
 from danlu.data.ingest.roff import roff_to_markdown
+from report_helpers import file_counts
 
 ZH = "Debian 参考手册旨在作为一份 Debian 系统安装后的用户指南，为系统的使用与管理提供广泛的概览。"
 ZH_TRAD = "這本書是自由的；你可以在與自由軟體指導方針相容的任意版本的通用公共許可證的條款下重新分發和修改本書。"
@@ -72,7 +73,7 @@ def test_text_files_in_many_encodings(tmp_path: Path) -> None:
         "gbk.txt": ZH.encode("gbk"), "utf16.txt": ZH.encode("utf-16"), "big5.txt": ZH_TRAD.encode("big5"),
         "ascii.md": b"# Title\n\nplain ascii\n",
     })
-    assert report["files"] == {"in": 4, "written": 4, "skipped": 0, "failed": 0}
+    assert file_counts(report) == {"in": 4, "written": 4, "skipped": 0, "failed": 0}
     assert recs["gbk.txt"][0]["text"] == ZH and recs["gbk.txt"][0]["meta"]["encoding"] == "gb18030"
     assert recs["utf16.txt"][0]["text"] == ZH
     assert recs["big5.txt"][0]["text"] == ZH_TRAD
@@ -359,8 +360,8 @@ def test_bad_inputs_fail_with_reasons_and_the_rest_is_imported(tmp_path: Path) -
     (root / "dangling.txt").symlink_to(root / "does-not-exist.txt")  # an unreadable file
     report, recs = run(tmp_path, files)
     assert set(recs) == {"good.txt", "sub/deeper.html"}
-    assert report["files"] == {"in": 12, "written": 2, "skipped": 2, "failed": 8}
-    assert report["files"]["in"] == sum(report["files"][k] for k in ("written", "skipped", "failed"))
+    assert file_counts(report) == {"in": 12, "written": 2, "skipped": 2, "failed": 8}
+    assert file_counts(report)["in"] == sum(file_counts(report)[k] for k in ("written", "skipped", "failed"))
     assert "not a readable PDF" in failure(report, "corrupt.pdf")
     assert "not a zip archive" in failure(report, "fake.docx")
     assert "binary" in failure(report, "junk.txt") and "binary" in failure(report, "junk")
@@ -373,7 +374,7 @@ def test_bad_inputs_fail_with_reasons_and_the_rest_is_imported(tmp_path: Path) -
     rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     assert len(rejects) == 10
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert saved["status"] == "complete" and saved["files"] == report["files"]
+    assert saved["status"] == "complete" and file_counts(saved) == file_counts(report)
     assert saved["by_format"]["txt"]["failed"] == 4 and saved["by_format"]["html"]["written"] == 1
 
 
@@ -397,7 +398,7 @@ def test_source_and_relative_paths(tmp_path: Path) -> None:
     report = ingest([tmp_path / "a", tmp_path / "single.md"], tmp_path / "out", workers=1, progress=False)
     recs = [json.loads(x) for x in (tmp_path / "out" / "documents.jsonl").read_text().splitlines()]
     assert [(r["source"], r["path"]) for r in recs] == [("a", "sub/x.txt"), (tmp_path.name, "single.md")]
-    assert report["files"] == {"in": 2, "written": 2, "skipped": 0, "failed": 0}
+    assert file_counts(report) == {"in": 2, "written": 2, "skipped": 0, "failed": 0}
     ingest([tmp_path / "a"], tmp_path / "out2", source="ops", workers=1, progress=False)
     rec = json.loads((tmp_path / "out2" / "documents.jsonl").read_text())
     assert rec["source"] == "ops" and rec["id"] != recs[0]["id"]
@@ -417,7 +418,7 @@ def test_cli_ingest(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["data", "ingest", str(corpus), "-o", str(tmp_path / "out"), "--source", "ops",
                                       "--workers", "1", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "files=2 written=1 skipped=0 failed=1" in result.output
+    assert "files in=2 kept=1 filtered=0 rejected=1" in result.output
     assert "bad.pdf" in result.output
     rec = json.loads((tmp_path / "out" / "documents.jsonl").read_text())
     assert rec["source"] == "ops" and rec["text"] == "命令行导入的文本。"
@@ -472,7 +473,7 @@ def test_output_inside_input_is_not_reimported_and_clashing_paths_keep_ids_apart
         (tmp_path / d / "index.txt").write_text(f"{d} 的首页")
     report = ingest([tmp_path / "x", tmp_path / "y"], tmp_path / "x" / "out", source="ops", workers=1, progress=False)
     again = ingest([tmp_path / "x", tmp_path / "y"], tmp_path / "x" / "out", source="ops", workers=1, progress=False)
-    assert report["files"]["in"] == again["files"]["in"] == 2  # x/out/documents.jsonl is never an input
+    assert file_counts(report)["in"] == file_counts(again)["in"] == 2  # x/out/documents.jsonl is never an input
     recs = [json.loads(x) for x in (tmp_path / "x" / "out" / "documents.jsonl").read_text().splitlines()]
     assert [r["path"] for r in recs] == ["index.txt", "y/index.txt"]
     assert len({r["id"] for r in recs}) == 2
@@ -510,7 +511,7 @@ def test_a_killed_import_resumes_without_reading_finished_files_again(tmp_path, 
     read.clear()
     monkeypatch.setattr(importer, "process_file", lambda task, opts: read.append(task.rel) or real(task, opts))
     report = ingest([corpus], tmp_path / "out", workers=1, progress=False)
-    assert read == ["doc2.md", "doc3.md"] and report["files_resumed"] == 2 and report["files"]["written"] == 4
+    assert read == ["doc2.md", "doc3.md"] and report["files_resumed"] == 2 and file_counts(report)["written"] == 4
     assert (tmp_path / "out" / "documents.jsonl").read_bytes() == (tmp_path / "clean-run" / "documents.jsonl").read_bytes()
     assert not (tmp_path / "out" / ".resume").exists()
 

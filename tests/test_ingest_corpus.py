@@ -10,6 +10,7 @@ import pytest
 
 from danlu.data.ingest import ingest
 from danlu.data.ingest.similarity import cjk_similarity
+from report_helpers import file_counts
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +21,7 @@ def _records(out: Path) -> list[dict]:
 
 def test_debian_reference_html_and_pdf_match_the_txt_version(debian_corpus: Path, tmp_path: Path) -> None:
     report = ingest([debian_corpus / "ops" / "debian-reference"], tmp_path / "out", workers=2, progress=False)
-    assert report["files"]["failed"] == 0, report["failed"]
+    assert file_counts(report)["failed"] == 0, report["failed"]
     recs = _records(tmp_path / "out")
     by_format: dict[str, list[dict]] = {}
     for r in recs:
@@ -41,7 +42,7 @@ def test_debian_reference_html_and_pdf_match_the_txt_version(debian_corpus: Path
 
 def test_whole_debian_corpus_imports_without_failures(debian_corpus: Path, tmp_path: Path) -> None:
     report = ingest([debian_corpus], tmp_path / "out", workers=2, progress=False)
-    files = report["files"]
+    files = file_counts(report)
     assert files["failed"] == 0, report["failed"]
     assert files["in"] == files["written"] + files["skipped"] + files["failed"]
     assert all("alias" in s["reason"] or "not a document" in s["reason"] for s in report["skipped"])

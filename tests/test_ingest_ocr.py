@@ -12,6 +12,7 @@ from danlu.data.ingest import ingest
 from danlu.data.ingest import ocr as ocr_module
 from danlu.data.ingest.similarity import cer
 from danlu.data.ingest.synthetic import find_cjk_font, image_pdf, latin_font
+from report_helpers import file_counts
 
 LATIN_LINES = ["Invoice 2024-0815 for server rack B7", "Total due: 1234.56 USD", "Reboot window 03:45 to 04:15"]
 CHINESE_LINES = [
@@ -35,7 +36,7 @@ def _ingest_pdf(tmp_path: Path, lines: list[str], font: str, ocr: str = "auto") 
 def test_image_only_pdf_english_is_ocrd(tmp_path: Path) -> None:
     pytest.importorskip("rapidocr_onnxruntime", reason="OCR extra not installed: pip install 'danlu[ocr]'")
     report, recs = _ingest_pdf(tmp_path, LATIN_LINES, latin_font())
-    assert report["ocr_pages"] == 1 and report["files"]["written"] == 1
+    assert report["ocr_pages"] == 1 and file_counts(report)["written"] == 1
     assert recs[0]["meta"]["ocr_pages"] == 1
     assert cer("\n".join(LATIN_LINES), recs[0]["text"]) <= 0.05, recs[0]["text"]
     assert "1234.56" in recs[0]["text"]
@@ -53,7 +54,7 @@ def test_image_only_pdf_chinese_is_ocrd(tmp_path: Path) -> None:
 
 def test_ocr_off_makes_scanned_pdf_a_failure(tmp_path: Path) -> None:
     report, recs = _ingest_pdf(tmp_path, LATIN_LINES, latin_font(), ocr="off")
-    assert recs == [] and report["files"]["failed"] == 1
+    assert recs == [] and file_counts(report)["failed"] == 1
     assert "no text layer" in report["failed"][0]["reason"] and "--ocr off" in report["failed"][0]["reason"]
 
 
@@ -61,7 +62,7 @@ def test_missing_ocr_extra_is_a_clear_failure(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # import now raises ImportError
     monkeypatch.setattr(ocr_module, "_engine", None)
     report, recs = _ingest_pdf(tmp_path, LATIN_LINES, latin_font())
-    assert recs == [] and report["files"]["failed"] == 1
+    assert recs == [] and file_counts(report)["failed"] == 1
     assert "pip install 'danlu[ocr]'" in report["failed"][0]["reason"]
 
 

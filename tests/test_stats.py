@@ -38,8 +38,9 @@ def test_document_stats_known_corpus(tmp_path):
         '{"id": "bad", "text": null}',
     ]
     tok = _char_tokenizer(tmp_path / "tok")
-    report = stats(_write(tmp_path / "docs.jsonl", rows), tokenizer=tok, html=tmp_path / "r.html")
-    assert report["documents"] == 4 and report["records"] == 5 and report["bad_records"] == 1
+    report = stats(_write(tmp_path / "docs.jsonl", rows), tmp_path / "r", tokenizer=tok)
+    c = report["counts"]
+    assert c["kept"] == 4 and c["in"] == 5 and sum(c["rejected"].values()) == 1
     assert report["bad"][0]["line"] == 5
     assert report["per_source"] == {"a": {"docs": 2, "chars": 22, "tokens": 5},
                                     "b": {"docs": 2, "chars": 33, "tokens": 13}}
@@ -49,7 +50,7 @@ def test_document_stats_known_corpus(tmp_path):
     assert report["duplicates"]["exact_duplicates"] == 1 and report["duplicates"]["exact_rate"] == 0.25
     assert report["duplicates"]["near_duplicates"] >= 1
     assert any("10M" in a for a in report["advice"])
-    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    page = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") >= 2 and "Per source" in page
 
 
@@ -61,7 +62,7 @@ def test_sft_stats_flag_short_answers(tmp_path):
 
     rows = [sft(0, "问题一", "这是一个完整的回答。", "qa"), sft(1, "选哪个", "B", "mcq"),
             sft(2, "再选", "C", "mcq"), sft(3, "总结一下", "总结内容在这里", "summary")]
-    report = stats(_write(tmp_path / "sft.jsonl", rows), html=tmp_path / "sft.html", short_answer_chars=1)
+    report = stats(_write(tmp_path / "sft.jsonl", rows), tmp_path / "sft", short_answer_chars=1)
     s = report["sft"]
     assert s["records"] == 4 and s["task_types"] == {"mcq": 2, "qa": 1, "summary": 1}
     assert s["short_answers"]["count"] == 2 and s["short_answers"]["ids"] == ["s1", "s2"]
@@ -69,7 +70,7 @@ def test_sft_stats_flag_short_answers(tmp_path):
     assert s["prompt_chars"]["max"] == len("你是助手\n\n总结一下")
     assert any("short answers" in a for a in report["advice"])
     assert report["tokens_estimated"] is True
-    assert "SFT" in (tmp_path / "sft.html").read_text(encoding="utf-8")
+    assert "SFT" in (tmp_path / "sft" / "report.html").read_text(encoding="utf-8")
 
 
 def test_estimate_tokens():
@@ -79,12 +80,12 @@ def test_estimate_tokens():
 
 def test_cli_stats(tmp_path):
     path = _write(tmp_path / "d.jsonl", [document("Debian 文档 " * 20, "ops", "a.md", "md", 0)])
-    out = tmp_path / "s.json"
-    result = CliRunner().invoke(app, ["data", "stats", str(path), "--json", str(out), "--html", str(tmp_path / "s.html")])
+    out = tmp_path / "s"
+    result = CliRunner().invoke(app, ["data", "stats", str(path), "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "documents=1" in result.output and "advice:" in result.output
-    assert json.loads(out.read_text())["per_source"]["ops"]["docs"] == 1
-    assert (tmp_path / "s.html").exists()
+    assert "kept=1" in result.output and "advice:" in result.output
+    assert json.loads((out / "report.json").read_text())["per_source"]["ops"]["docs"] == 1
+    assert (out / "report.html").exists()
 
 
 def test_sft_token_counts_tokenize_each_message_once(tmp_path, monkeypatch):
@@ -109,7 +110,7 @@ def test_sft_token_counts_tokenize_each_message_once(tmp_path, monkeypatch):
     rows = [sft(0, "what is apt", "a package tool"), sft(1, "what is dpkg", "the low level tool below apt"),
             sft(2, "what is apt", "a package tool"),  # exact duplicate of s0
             sft(3, "hi", "B", "other")]
-    report = stats(_write(tmp_path / "sft.jsonl", rows), tokenizer=_char_tokenizer(tmp_path / "tok"))
+    report = stats(_write(tmp_path / "sft.jsonl", rows), tmp_path / "out", tokenizer=_char_tokenizer(tmp_path / "tok"))
     assert len(calls) == 1  # one batch for all records
     assert calls[0] == [t for r in rows for t in ("\n\n".join(m["content"] for m in r["messages"][:2]),
                                                   r["messages"][2]["content"])]

@@ -29,8 +29,10 @@ def test_round_trip_tokens_framing_rejects_and_counts(tmp_path, tok):
     docs += write_docs(tmp_path / "in" / "b.jsonl", 25, source="faq", seed=1)
     report = tokenize([tmp_path / "in"], tmp_path / "store", tok, workers=1, shard_mb=0.002, progress=False)
 
-    assert report["records_in"] == 65 + len(BAD) == report["docs"] + report["rejected"]
-    assert report["docs"] == 65 and report["rejected"] == len(BAD) and report["shards"] > 3
+    c = report["counts"]
+    rejected = sum(c["filtered"].values()) + sum(c["rejected"].values())
+    assert c["in"] == 65 + len(BAD) == c["kept"] + rejected
+    assert c["kept"] == 65 and rejected == len(BAD) and report["shards"] > 3
     assert report["mb_per_s"] > 0 and report["dtype"] == "uint16"
     rejects = [json.loads(x) for x in (tmp_path / "store" / "rejects.jsonl").read_text().splitlines()]
     assert [(r["line"], r["path"].endswith("a.jsonl")) for r in rejects] == [(n, True) for n in sorted(BAD)]
@@ -59,6 +61,7 @@ def test_dtype_is_uint32_for_large_vocab(tmp_path, tok):
     hf = Tokenizer.from_file(str(tok / "tokenizer.json"))
     hf.add_tokens([f"zzextra{i}" for i in range(65536)])
     hf.save(str(big / "tokenizer.json"))
+    (big / "tokenizer_config.json").write_bytes((tok / "tokenizer_config.json").read_bytes())  # bos/eos names
     (tmp_path / "a.jsonl").write_text(json.dumps({"id": "1", "text": "apt zzextra65535 dpkg", "source": "s"}) + "\n")
     report = tokenize([tmp_path / "a.jsonl"], tmp_path / "store", big, workers=1, progress=False)
     store = TokenStore(tmp_path / "store")
@@ -88,7 +91,7 @@ def test_killed_run_resumes_from_completed_shards_and_finished_store_is_reused(t
 
     resumed = tokenize([tmp_path / "a.jsonl"], tmp_path / "store", tok, **kw)
     assert resumed["shards_reused"] == 2 and resumed["shards"] == full["shards"] > 3
-    assert resumed["docs"] == full["docs"] == 60 and resumed["tokens"] == full["tokens"]
+    assert resumed["counts"]["kept"] == full["counts"]["kept"] == 60 and resumed["tokens"] == full["tokens"]
     a, b = TokenStore(tmp_path / "ref"), TokenStore(tmp_path / "store")
     assert all(a.doc(i).tolist() == b.doc(i).tolist() for i in range(60))
 
@@ -98,7 +101,7 @@ def test_killed_run_resumes_from_completed_shards_and_finished_store_is_reused(t
 
     write_docs(tmp_path / "a.jsonl", 61)  # changed input: the store is rebuilt, not reused
     changed = tokenize([tmp_path / "a.jsonl"], tmp_path / "store", tok, **kw)
-    assert not changed.get("reused") and changed["docs"] == 61 and changed["shards_reused"] == 0
+    assert not changed.get("reused") and changed["counts"]["kept"] == 61 and changed["shards_reused"] == 0
 
 
 def test_process_pool_gives_the_same_store_as_one_process(tmp_path, tok):
@@ -121,7 +124,7 @@ def test_cli_tokenize_and_source_override(tmp_path, tok):
             "--source", "handbook", "--workers", "1"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert "docs=10" in res.output and "rejected=1" in res.output and "mb_per_s=" in res.output
+    assert "kept=10" in res.output and "rejected=1" in res.output and "mb_per_s=" in res.output
     assert TokenStore(tmp_path / "s").source_names == ["handbook"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0 and "already tokenized" in res.output
@@ -147,7 +150,7 @@ def test_real_corpus_store_mix_and_stream(debian_corpus, tmp_path):
     train_tokenizer([tmp_path / "ops.jsonl", tmp_path / "general.jsonl"], tok, vocab_size=2048)
     ops = tokenize([tmp_path / "ops.jsonl"], tmp_path / "s-ops", tok, workers=2, shard_mb=2, progress=False)
     gen = tokenize([tmp_path / "general.jsonl"], tmp_path / "s-gen", tok, workers=2, shard_mb=2, progress=False)
-    assert ops["docs"] == n_ops > 500 and gen["docs"] == n_gen > 0 and ops["shards"] > 2
+    assert ops["counts"]["kept"] == n_ops > 500 and gen["counts"]["kept"] == n_gen > 0 and ops["shards"] > 2
     assert ops["mb_per_s"] > 0.1 and ops["dtype"] == "uint16"
     print(f"\ntokenize ops: {ops['text_bytes'] / 2**20:.1f} MB, {ops['tokens']} tokens, {ops['mb_per_s']} MB/s")
 
@@ -180,4 +183,4 @@ def test_a_stage_output_folder_is_read_without_its_side_files(tok, tmp_path):
     assert (tmp_path / "clean" / "rejects.jsonl").exists()
     report = tokenize([tmp_path / "clean"], tmp_path / "store", tok, workers=1, progress=False)
     # only clean.jsonl was read: the rejects file beside it is not taken for documents
-    assert report["rejected"] == 0 and report["records_in"] == report["docs"] > 0
+    assert report["counts"]["rejected"] == {} and report["counts"]["in"] == report["counts"]["kept"] > 0

@@ -32,8 +32,8 @@ def test_train_writes_hf_folder_with_specials_and_chat_template(trained: Path):
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "complete"
     c = report["counts"]
-    assert (c["records_in"], c["documents_used"], c["rejected"]) == (203, 201, 2)
-    assert c["records_in"] == c["documents_used"] + c["rejected"]
+    assert (c["in"], c["kept"], sum(c["rejected"].values())) == (203, 201, 2)
+    assert c["in"] == c["kept"] + sum(c["rejected"].values())
     assert (out / "rejects.jsonl").read_text().count("missing field 'text'") == 2
     tok = AutoTokenizer.from_pretrained(str(out))
     assert len(tok) == 600 and tok.bos_token == "<|bos|>" and tok.eos_token == "<|eos|>" and tok.pad_token == "<|pad|>"

@@ -38,8 +38,8 @@ def test_expansion_adds_domain_tokens_and_keeps_every_id(tokenizers: Path):
     new = {t: i for t, i in exp_vocab.items() if t not in base_vocab}
     assert len(new) > 50 and min(new.values()) == len(base_vocab)
     report = json.loads((tokenizers / "expanded" / "report.json").read_text())
-    assert report["counts"]["added"] == len(new)
-    assert report["counts"]["candidates"] == 500 - 8  # every domain BPE token was considered once
+    assert report["counts"]["kept"] == len(new)
+    assert report["counts"]["in"] == 500 - 8  # every domain BPE token was considered once
     ops_text = "".join(make_corpus(OPS_WORDS, 10, 3))
     n_base = len(base.encode(ops_text, add_special_tokens=False).ids)
     n_exp = len(exp.encode(ops_text, add_special_tokens=False).ids)
@@ -166,10 +166,10 @@ def test_cli_train_expand_compare(tokenizers: Path, tmp_path: Path):
     runner = CliRunner()
     r = runner.invoke(app, ["tokenizer", "train", str(tokenizers / "ops.jsonl"), "-o", str(tmp_path / "t"), "--vocab-size", "400"])
     assert r.exit_code == 0, r.output
-    assert "vocab 400" in r.output
+    assert "vocab_size=400" in r.output
     r = runner.invoke(app, ["tokenizer", "expand", str(tokenizers / "general"), str(tmp_path / "t"), "-o", str(tmp_path / "e"), "--max-new", "10"])
     assert r.exit_code == 0, r.output
-    assert "added 10 tokens" in r.output
+    assert "kept=10" in r.output
     r = runner.invoke(
         app,
         ["tokenizer", "compare", str(tokenizers / "general"), str(tmp_path / "t"), str(tmp_path / "e"),
@@ -244,13 +244,13 @@ def test_expand_sentencepiece_base_like_chinese_llama(tokenizers: Path, tmp_path
 
     base_dir = sentencepiece_base(tmp_path / "llama", make_corpus(GENERAL_WORDS, 150, 1), 400)
     report = expand_tokenizer(base_dir, tokenizers / "ops", tmp_path / "exp")
-    skipped = report["counts"]["skipped"]
-    assert skipped["partial_character"] > 0 and skipped["half_of_existing"] == 0  # byte prefixes can't be pieces
+    skipped = report["counts"]["filtered"]
+    assert skipped["partial_character"] > 0 and "half_of_existing" not in skipped  # byte prefixes can't be pieces
     base, exp = _tok(base_dir), _tok(tmp_path / "exp")
     base_vocab, exp_vocab = base.get_vocab(True), exp.get_vocab(True)
     assert all(exp_vocab[t] == i for t, i in base_vocab.items())
     new = {t: i for t, i in exp_vocab.items() if t not in base_vocab}
-    assert len(new) == report["counts"]["added"] > 20
+    assert len(new) == report["counts"]["kept"] > 20
     assert {"软", "件", "包"} <= set(new) and any(len(t) > 1 and "\u2581" not in t for t in new)
     ops_text = "".join(make_corpus(OPS_WORDS, 10, 3))
     assert len(exp.encode(ops_text).ids) < 0.6 * len(base.encode(ops_text).ids)
@@ -288,7 +288,7 @@ def test_expand_sentencepiece_base_with_a_sentencepiece_domain(tmp_path: Path):
     base_dir = sentencepiece_base(tmp_path / "llama", make_corpus(GENERAL_WORDS, 150, 1), 400)
     dom_dir = sentencepiece_base(tmp_path / "zh", make_corpus(OPS_WORDS, 150, 2), 400)
     report = expand_tokenizer(base_dir, dom_dir, tmp_path / "exp")
-    assert report["counts"]["skipped"]["byte_piece"] == 256 and report["counts"]["skipped"]["unreachable"] == 0
+    assert report["counts"]["filtered"]["byte_piece"] == 256 and "unreachable" not in report["counts"]["filtered"]
     exp, dom = _tok(tmp_path / "exp"), _tok(dom_dir)
     new = {t for t in exp.get_vocab(True)} - set(_tok(base_dir).get_vocab(True))
     assert {"软件包", "软", "件", "包"} <= new

@@ -204,7 +204,7 @@ def test_loss_spike_rolls_back_to_last_good_checkpoint_and_skips_the_batches(dat
     events: list[dict] = []
     model, opt, sched = fresh()
     result = train(model, opt, sched, corrupt, causal_lm(True), cfg, checkpoint_dir=tmp_path / "ck",
-                   log=events.append)
+                   sink=events.append)
     spike = [e for e in events if e.get("event") == "spike"]
     assert len(spike) == 1 and result["rollbacks"] == 1
     # step 18's loss exposed the spike; the checkpoint at 15 is the newest verified one (16 used its weights)
@@ -230,7 +230,7 @@ def test_a_second_spike_right_after_a_rollback_keeps_the_verified_checkpoint(dat
     events: list[dict] = []
     # call 17 is step 18's batch; after the rollback to 15, call 18 is the (again corrupt) batch of step 16
     train(model, opt, sched, CorruptAt(stream(data, 4), at=(17, 18)), causal_lm(True), cfg,
-          checkpoint_dir=tmp_path / "ck", log=events.append)
+          checkpoint_dir=tmp_path / "ck", sink=events.append)
     spikes = [e for e in events if e.get("event") == "spike"]
     assert [(e["step"], e["rolled_back_to"]) for e in spikes] == [(18, 15), (16, 15)]
 

@@ -90,3 +90,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def interrupted_after(monkeypatch, steps: int, run) -> None:
+    """run() with training stopped (KeyboardInterrupt, as from kill) just after the checkpoint of `steps` is
+    written; the real checkpoint writer is back afterwards."""
+    import pytest
+
+    from danlu.train import loop
+
+    real = loop.save_checkpoint
+
+    def save_then_die(root, step, *a, **kw):
+        path = real(root, step, *a, **kw)
+        if step == steps:
+            raise KeyboardInterrupt("killed after the checkpoint")
+        return path
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run()

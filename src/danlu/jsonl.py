@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from danlu.runs import atomic_path
+from danlu.names import display, displayable
+from danlu.runs import atomic_path, naming_path
+
+# A JSON string escape of a UTF-16 surrogate (\ud800-\udfff): harmless in a pair (an emoji), not valid text alone.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 @dataclass
@@ -24,6 +29,9 @@ class BadLine:
     line: int
     error: str
     raw: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.error}"
 
     def as_reject(self, stage: str) -> dict:
         return {"path": self.path, "line": self.line, "stage": stage, "reason": self.error, "raw": self.raw[:500]}
@@ -48,13 +56,25 @@ def read_jsonl(path: str | Path, require: dict[str, type] | None = None) -> Iter
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError as e:
-                yield lineno, BadLine(str(path), lineno, f"invalid JSON: {e.msg} at column {e.colno}", raw)
+                yield lineno, BadLine(str(path), lineno, f"invalid JSON at column {e.colno}: {e.msg}", raw)
                 continue
             if not isinstance(obj, dict):
                 yield lineno, BadLine(str(path), lineno, f"expected a JSON object, got {type(obj).__name__}", raw)
                 continue
+            if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(obj):
+                yield lineno, BadLine(str(path), lineno, "a string holds a lone UTF-16 surrogate escape (\\ud800-"
+                                      "\\udfff without its pair): not valid Unicode text", raw)
+                continue
             problem = _check_fields(obj, require or {})
             yield lineno, (BadLine(str(path), lineno, problem, raw) if problem else obj)
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _check_fields(obj: dict, require: dict[str, type]) -> str | None:
@@ -69,22 +89,81 @@ def _check_fields(obj: dict, require: dict[str, type]) -> str | None:
 SIDE_FILES = {"rejects.jsonl", "duplicates.jsonl"}  # what stages write beside their records, in the same folder
 
 
+@dataclass
+class Found:
+    """A file under an input folder (`problem` None), or an entry that was not followed and why."""
+
+    path: Path
+    problem: str | None = None
+
+
+def walk_files(root: str | Path, exclude: str | Path | None = None, hidden_files: bool = False) -> Iterator[Found]:
+    """Every file under `root` (sorted by relative path, symlinked folders followed), and every entry NOT
+    followed with the reason, so callers can account for it: a symlink loop, a link to a folder read anyway
+    (inside `root`, or reached through an earlier link). Hidden folders and `exclude` (an output folder inside
+    the input) are not entered; hidden files are left out unless `hidden_files`."""
+    root = Path(root)
+    root_real = Path(os.path.realpath(root))
+    skip = Path(os.path.realpath(exclude)) if exclude else None
+    followed: dict[Path, Path] = {}  # target -> the link that led there
+    found: list[Found] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            p = Path(dirpath, d)
+            if d.startswith(".") or (skip is not None and Path(os.path.realpath(p)) == skip):
+                continue
+            if p.is_symlink():
+                target = Path(os.path.realpath(p))
+                why = _link_problem(target, root_real, followed)
+                if why:
+                    found.append(Found(p, f"symlinked folder not followed: {why}"))
+                    continue
+                followed[target] = p
+            keep.append(d)
+        dirnames[:] = keep
+        found.extend(Found(Path(dirpath, f)) for f in filenames if hidden_files or not f.startswith("."))
+    found.sort(key=lambda f: f.path.relative_to(root).as_posix())
+    yield from found
+
+
+def _link_problem(target: Path, root_real: Path, followed: dict[Path, Path]) -> str | None:
+    if root_real == target or root_real.is_relative_to(target):
+        return f"it points to {display(target)}, which contains the input folder (a loop)"
+    if target.is_relative_to(root_real):
+        return f"it points to {display(target)}, inside the input folder, which is read there"
+    for seen, link in followed.items():
+        if target.is_relative_to(seen):
+            return f"it points to {display(target)}, already read through {display(link)}"
+    return None
+
+
 def jsonl_files(inputs: Iterable[str | Path], suffixes: tuple[str, ...] = (".jsonl",)) -> list[Path]:
     """Expand files and folders into a list of input files. A folder gives its files with these suffixes, sorted,
     but not a stage's side files (rejects, duplicates) nor hidden files and folders (resume caches, temporaries),
-    so a stage's output folder can be the next stage's input. Files named directly are taken as given."""
+    so a stage's output folder can be the next stage's input. Symlinked folders are followed (a link whose
+    folder is read anyway is not: see `walk_files`); a broken link with one of the suffixes is an error. Files
+    named directly are taken as given."""
     out: list[Path] = []
+    inputs = list(inputs)
     for p in map(Path, inputs):
         if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in suffixes
-                              and q.name not in SIDE_FILES
-                              and not any(part.startswith(".") for part in q.relative_to(p).parts)))
+            found = []
+            for f in walk_files(p):
+                if f.problem or f.path.suffix not in suffixes or f.path.name in SIDE_FILES:
+                    continue
+                if not f.path.exists():
+                    raise FileNotFoundError(f"{display(f.path)}: broken symbolic link (to "
+                                            f"{display(os.readlink(f.path))}); fix or remove it")
+                if f.path.is_file():
+                    found.append(f.path)
+            out.extend(sorted(found))
         elif p.exists():
             out.append(p)
         else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
+            raise FileNotFoundError(f"{display(p)}: no such file or folder")
     if not out:
-        raise FileNotFoundError(f"no {'/'.join(suffixes)} files in {', '.join(map(str, inputs))}")
+        raise FileNotFoundError(f"no {'/'.join(suffixes)} files in {', '.join(display(p) for p in inputs)}")
     return out
 
 
@@ -99,19 +178,41 @@ class JsonlWriter:
         self._f = open(self._tmp, "w", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        try:
+            try:
+                self._f.write(line)
+            except UnicodeEncodeError:  # a file name that is not UTF-8 (nothing was written): see danlu.names
+                self._f.write(json.dumps(displayable(record), ensure_ascii=False) + "\n")
+        except OSError as e:  # a full disk: name the file being written, not its temporary
+            raise naming_path(e, self.path) from e
         self.count += 1
 
     def close(self, ok: bool = True) -> None:
         if self._f.closed:
             return
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+        except OSError as e:
+            self._abandon(e)
+            raise naming_path(e, self.path) from e
         if ok:
             self._ctx.__exit__(None, None, None)
         else:
             self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def _abandon(self, exc: BaseException) -> None:
+        """Close without keeping anything (the temporary file is removed); a second failure is not news."""
+        try:
+            self._f.close()
+        except OSError:
+            pass
+        try:
+            self._ctx.__exit__(type(exc), exc, exc.__traceback__)
+        except BaseException:  # noqa: BLE001  (atomic_path re-raises what it was given)
+            pass
 
     def __enter__(self) -> "JsonlWriter":
         return self
@@ -120,5 +221,4 @@ class JsonlWriter:
         if exc_type is None:
             self.close(ok=True)
         else:
-            self._f.close()
-            self._ctx.__exit__(exc_type, exc, tb)
+            self._abandon(exc)

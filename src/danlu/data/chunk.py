@@ -15,16 +15,22 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections import Counter
 from typing import Callable, Iterable
 
+from pydantic import Field
 from tqdm import tqdm
 
+from danlu.config import StrictModel, build_config
+
 from danlu.data.clean.markdown import blocks
+from danlu.data.executor import Executor, ExecutorFields, input_bytes
 from danlu.jsonl import BadLine, JsonlWriter, jsonl_files, read_jsonl
 from danlu.records import record_id, stable_id
-from danlu.runs import start_run
+from danlu.runs import counts, reason_key, start_run
+from danlu.workers import ItemFailed
 
-Counter = Callable[[list[str]], list[int]]
+CountFn = Callable[[list[str]], list[int]]
 
 # cl100k_base's pre-tokenisation pattern (tiktoken_ext.openai_public), for bare .tiktoken rank files
 _CL100K_PAT = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
@@ -33,14 +39,18 @@ _SENTENCE_END = re.compile(r"[。！？；!?;…]+[”’」』)）\"']*|\.(?=\s
 # O(rest of the sentence). A prefix found under this cap is still within budget, just less full if tokens there
 # average more characters than this (long whitespace runs, say).
 MAX_CHARS_PER_TOKEN = 16
+NO_TEXT = "no text to chunk"
+BATCH_CHARS = 1 << 19  # text per task sent to a worker
+BATCH_RECORDS = 1024
 
 
-def load_counter(tokenizer: str | Path) -> Counter:
+def load_counter(tokenizer: str | Path, threads: int | None = None) -> CountFn:
     """Token counts for a batch of texts (no special tokens; "<|eos|>" typed in a text counts as text).
 
     `tokenizer`: a Hugging Face tokenizer folder (tokenizer.json; counted with the encoder `danlu data tokenize`
     uses, so chunk counts are the token store's lengths), a local `.tiktoken` rank file (cl100k
     pre-tokenisation), or `tiktoken:NAME` for an encoding tiktoken already has in its local cache.
+    `threads`: encoding threads per call (danlu.tokenizer.encode.load_encoder; 1 inside worker processes).
     """
     spec = str(tokenizer)
     if spec.startswith("tiktoken:") or spec.endswith(".tiktoken"):
@@ -61,7 +71,7 @@ def load_counter(tokenizer: str | Path) -> Counter:
         return lambda texts: [len(ids) for ids in enc.encode_ordinary_batch(texts)]
     from danlu.tokenizer.encode import load_encoder
 
-    enc = load_encoder(spec)
+    enc = load_encoder(spec, threads=threads)
     return lambda texts: [len(ids) for ids in enc.encode_batch(texts)] if texts else []
 
 
@@ -91,7 +101,7 @@ def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
 
 
-def _fit_prefix(text: str, start: int, end: int, budget: int, count: Counter,
+def _fit_prefix(text: str, start: int, end: int, budget: int, count: CountFn,
                 chars_per_token: float) -> tuple[int, int]:
     """(cut, tokens): a long prefix text[start:cut] within `budget` tokens (at least 1 char), and its count.
 
@@ -140,7 +150,7 @@ def _fit_prefix(text: str, start: int, end: int, budget: int, count: Counter,
     return lo, lo_n
 
 
-def _units(text: str, budget: int, count: Counter) -> tuple[list[Unit], dict[str, int]]:
+def _units(text: str, budget: int, count: CountFn) -> tuple[list[Unit], dict[str, int]]:
     """Sections that fit, else their blocks that fit, else sentences, else hard cuts; in text order."""
     bl = blocks(text)
     stats = {"sentence_splits": 0, "hard_splits": 0}
@@ -176,7 +186,7 @@ def _units(text: str, budget: int, count: Counter) -> tuple[list[Unit], dict[str
     return units, stats
 
 
-def _split_span(text: str, start: int, end: int, budget: int, count: Counter, path: tuple[str, ...],
+def _split_span(text: str, start: int, end: int, budget: int, count: CountFn, path: tuple[str, ...],
                 stats: dict[str, int]) -> list[Unit]:
     """Units of at most `budget` tokens covering text[start:end]: sentences, and hard cuts of long sentences."""
     units = []
@@ -200,7 +210,7 @@ def _prefix(path: tuple[str, ...], at_heading: bool) -> str:
     return " > ".join(shown) + "\n\n" if shown else ""
 
 
-def _pack(text: str, units: list[Unit], budget: int, heading_prefix: bool, count: Counter) -> list[Chunk]:
+def _pack(text: str, units: list[Unit], budget: int, heading_prefix: bool, count: CountFn) -> list[Chunk]:
     groups: list[list[Unit]] = []
     cur: list[Unit] = []
     cur_tokens = 0
@@ -231,7 +241,7 @@ def _pack(text: str, units: list[Unit], budget: int, heading_prefix: bool, count
     return chunks
 
 
-def plan_chunks(text: str, count: Counter, max_tokens: int = 4096, heading_prefix: bool = False) -> tuple[list[Chunk], dict]:
+def plan_chunks(text: str, count: CountFn, max_tokens: int = 4096, heading_prefix: bool = False) -> tuple[list[Chunk], dict]:
     """Chunks (character spans + heading path + exact token count) of one document."""
     body = text.strip()
     if body and len(body) <= 4 * max_tokens:  # short document: likely one chunk, one count decides
@@ -274,70 +284,154 @@ def plan_chunks(text: str, count: Counter, max_tokens: int = 4096, heading_prefi
     return done, stats
 
 
-def chunk(
-    inputs: str | Path | Iterable[str | Path],
-    out: str | Path,
-    *,
-    tokenizer: str | Path,
-    max_tokens: int = 4096,
-    heading_prefix: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Chunk Document JSONL into `out`/chunks.jsonl; returns the report (also in report.json)."""
-    if max_tokens < 8:
-        raise ValueError(f"--max-tokens must be at least 8, got {max_tokens}")
+class ChunkOptions(StrictModel):
+    """What `danlu data chunk` and the pipeline's `chunk:` section set."""
+
+    max_tokens: int = Field(4096, ge=8)  # token budget per chunk
+    heading_prefix: bool = False  # start each chunk with its heading path
+
+
+class ChunkConfig(ChunkOptions, ExecutorFields):
+    inputs: list[str]
+    out: str
+    tokenizer: str  # HF tokenizer folder, a .tiktoken file or tiktoken:NAME
+
+
+_COUNTERS: dict[str, CountFn] = {}  # per process: a worker loads each tokenizer once
+
+
+def _counter(tokenizer: str) -> CountFn:
+    """The stage's counter: one encoding thread (chunking makes many small calls, for which tiktoken's
+    per-call thread pool cost ~2.5x the encoding itself; parallelism comes from the executor's workers)."""
+    if tokenizer not in _COUNTERS:
+        _COUNTERS[tokenizer] = load_counter(tokenizer, threads=1)
+    return _COUNTERS[tokenizer]
+
+
+@dataclass
+class _Job:
+    tokenizer: str
+    max_tokens: int
+    heading_prefix: bool
+    lines: list[tuple[str, int, dict | BadLine]]  # (file as given, line number, record or bad line)
+
+
+def _chunk_batch(job: _Job) -> list[tuple[dict | None, list[dict], dict]]:
+    """Per input line: (its reject or None, its chunk records, its split counts). Runs in a worker."""
+    count = _counter(job.tokenizer)
+    out = []
+    for path, lineno, rec in job.lines:
+        if isinstance(rec, BadLine):
+            out.append((rec.as_reject("chunk"), [], {}))
+            continue
+        text = rec["text"]
+        parent_id = record_id(rec, path, lineno)
+        chunks, st = plan_chunks(text, count, job.max_tokens, job.heading_prefix)
+        if not chunks:
+            out.append(({"path": path, "line": lineno, "stage": "chunk", "id": parent_id, "reason": NO_TEXT},
+                        [], st))
+            continue
+        records = [{
+            "id": stable_id(parent_id, idx),
+            "text": c.prefix + text[c.start : c.end],
+            "source": rec.get("source"),
+            "path": rec.get("path"),
+            "format": rec.get("format"),
+            "meta": {**(rec.get("meta") or {}), "parent_id": parent_id, "chunk_index": idx,
+                     "chunk_count": len(chunks), "heading_path": list(c.path), "tokens": c.tokens,
+                     "char_start": c.start, "char_end": c.end, "prefix_chars": len(c.prefix)},
+        } for idx, c in enumerate(chunks)]
+        out.append((None, records, st))
+    return out
+
+
+def _jobs(files: list[Path], cfg: ChunkConfig, bar) -> Iterable[_Job]:
+    """Consecutive lines of the inputs in batches of about BATCH_CHARS characters."""
+    lines: list = []
+    size = 0
+    for path in files:
+        bar.set_description(f"chunk {path.name}")
+        for lineno, rec in read_jsonl(path, require={"text": str}):
+            lines.append((str(path), lineno, rec))
+            size += len(rec.raw) if isinstance(rec, BadLine) else len(rec["text"])
+            if size >= BATCH_CHARS or len(lines) >= BATCH_RECORDS:
+                yield _Job(cfg.tokenizer, cfg.max_tokens, cfg.heading_prefix, lines)
+                lines, size = [], 0
+    if lines:
+        yield _Job(cfg.tokenizer, cfg.max_tokens, cfg.heading_prefix, lines)
+
+
+def chunk(inputs: str | Path | Iterable[str | Path], out: str | Path, *, tokenizer: str | Path,
+          sets: Iterable[str] = (), progress: bool = True, **options) -> dict:
+    """Chunk Document JSONL into `out`/chunks.jsonl; returns the report (also in report.json).
+    `options` are ChunkOptions' fields (max_tokens, heading_prefix) and where it runs (ExecutorFields:
+    workers, executor, address; the output is the same everywhere)."""
     files = jsonl_files([inputs] if isinstance(inputs, (str, Path)) else inputs)
-    config = {"inputs": [str(f) for f in files], "tokenizer": str(tokenizer), "max_tokens": max_tokens,
-              "heading_prefix": heading_prefix}
-    count = load_counter(tokenizer)
-    run = start_run(out, "chunk", config)
+    cfg = build_config(ChunkConfig, fields=dict(options, inputs=[str(f) for f in files], out=str(out),
+                                                tokenizer=str(tokenizer)), sets=sets, source="data chunk")
+    max_tokens = cfg.max_tokens
+    _counter(cfg.tokenizer)  # a tokenizer that does not load fails here, before any output
+    ex = Executor.from_options(cfg, input_bytes(files))
+    run = start_run(out, "chunk", cfg)
     t0 = time.time()
-    n_in = bad = docs = empty = n_chunks = split_docs = tokens = max_seen = nbytes = over = 0
+    n_in = docs = n_chunks = split_docs = tokens = max_seen = nbytes = over = 0
+    chars_in = chars_kept = chars_empty = chunk_chars = 0
+    bad: Counter = Counter()
+    bad_chars: Counter = Counter()
+    empty = 0
     splits = {"sentence_splits": 0, "hard_splits": 0}
     out_dir = Path(out)
-    with JsonlWriter(out_dir / "rejects.jsonl") as rejects, JsonlWriter(out_dir / "chunks.jsonl") as writer:
-        for path in files:
-            for lineno, rec in tqdm(read_jsonl(path, require={"text": str}), desc=f"chunk {path.name}",
-                                    unit="doc", disable=not progress or None):
+    bar = tqdm(desc="chunk", unit="doc", disable=not progress or None)
+    with ex, JsonlWriter(out_dir / "rejects.jsonl") as rejects, JsonlWriter(out_dir / "chunks.jsonl") as writer:
+        run.log.info("executor: %s", ex.describe())
+        for job, results in ex.map(_chunk_batch, _jobs(files, cfg, bar)):
+            if isinstance(results, ItemFailed):
+                raise RuntimeError(f"chunk: a batch of {len(job.lines)} records from {job.lines[0][0]}:"
+                                   f"{job.lines[0][1]} failed: {results.reason}")
+            bar.update(len(job.lines))
+            for (path, lineno, rec), (reject, records, st) in zip(job.lines, results):
                 n_in += 1
                 if isinstance(rec, BadLine):
-                    bad += 1
-                    rejects.write(rec.as_reject("chunk"))
+                    bad[reason_key(rec.error.split(":")[0])] += 1
+                    bad_chars[reason_key(rec.error.split(":")[0])] += len(rec.raw.rstrip("\n"))
+                    chars_in += len(rec.raw.rstrip("\n"))
+                    rejects.write(reject)
                     continue
                 text = rec["text"]
+                chars_in += len(text)
                 nbytes += len(text.encode("utf-8"))
-                parent_id = record_id(rec, path, lineno)
-                chunks, st = plan_chunks(text, count, max_tokens, heading_prefix)
                 for k in splits:
                     splits[k] += st[k]
-                if not chunks:
+                if not records:
                     empty += 1
-                    rejects.write({"path": str(path), "line": lineno, "stage": "chunk", "id": parent_id,
-                                   "reason": "no text to chunk"})
+                    chars_empty += len(text)
+                    rejects.write(reject)
                     continue
                 docs += 1
-                split_docs += len(chunks) > 1
-                for idx, c in enumerate(chunks):
-                    writer.write({
-                        "id": stable_id(parent_id, idx),
-                        "text": c.prefix + text[c.start : c.end],
-                        "source": rec.get("source"),
-                        "path": rec.get("path"),
-                        "format": rec.get("format"),
-                        "meta": {**(rec.get("meta") or {}), "parent_id": parent_id, "chunk_index": idx,
-                                 "chunk_count": len(chunks), "heading_path": list(c.path), "tokens": c.tokens,
-                                 "char_start": c.start, "char_end": c.end, "prefix_chars": len(c.prefix)},
-                    })
+                chars_kept += len(text)
+                split_docs += len(records) > 1
+                for r in records:
+                    writer.write(r)
+                    meta = r["meta"]
                     n_chunks += 1
-                    tokens += c.tokens
-                    max_seen = max(max_seen, c.tokens)
-                    over += c.tokens > max_tokens
+                    chunk_chars += meta["char_end"] - meta["char_start"]
+                    tokens += meta["tokens"]
+                    max_seen = max(max_seen, meta["tokens"])
+                    over += meta["tokens"] > max_tokens
+        executed = ex.describe()
+    bar.close()
     elapsed = time.time() - t0
     report = {
-        "in": n_in, "docs": docs, "chunks": n_chunks, "bad_records": bad, "empty_docs": empty,
-        "removed": bad + empty, "split_docs": split_docs, "tokens": tokens, "max_chunk_tokens": max_seen,
+        # records in = documents chunked (each into one or more chunks) + filtered + rejected
+        "counts": counts(n_in, docs, {NO_TEXT: empty}, bad),
+        # characters of the input: a chunked document's text is kept whole (its chunks are slices of it: only
+        # the whitespace between them is not in chunks.jsonl, chunk_chars says how much is)
+        "chars": counts(chars_in, chars_kept, {NO_TEXT: chars_empty}, bad_chars, unit="characters of the input"),
+        "headline": ["chunks", "split_docs", "tokens", "max_chunk_tokens", "chunk_chars", "mb_per_s"],
+        "chunks": n_chunks, "chunk_chars": chunk_chars, "split_docs": split_docs, "tokens": tokens, "max_chunk_tokens": max_seen,
         "over_budget_chunks": over, **splits,
         "mb_per_s": round(nbytes / 1e6 / max(elapsed, 1e-9), 3),
         "outputs": {"records": "chunks.jsonl", "rejects": "rejects.jsonl"},
+        "executor": executed,
     }
     return run.finish(report)

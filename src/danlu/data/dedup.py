@@ -11,14 +11,23 @@ document with one Python hash call per shingle:
   a_k * h + b_k mod 2^32 with (a, b) drawn from np.random.RandomState(seed) exactly as datasketch draws them;
 - LSH uses datasketch's optimal (bands, rows) for the threshold, and documents sharing any band are joined
   into one cluster (connected components); the earliest document of a cluster is kept.
+
+At corpus scale nothing here needs the texts together: `dedup_keys` turns a batch of texts into what dedup
+keeps per document (a 16-byte exact key, a MinHash signature, an "empty" flag), so a stage computes them in
+its workers while streaming and keeps ~0.5 KB per document instead of the text. Clusters are then found from
+the keys alone: each band (or the exact key) is cut into hash partitions, every partition is grouped on its
+own (`group_pairs`: np.unique, the same on every executor, Ray included), and the pairs (member, earliest
+member of its group) join into connected components whose earliest document is kept - the same clusters as
+grouping the whole corpus at once, since equal keys always fall into the same partition.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import xxhash
@@ -71,8 +80,15 @@ def signatures(
     texts: Iterable[str], *, num_perm: int = 128, ngram: int = 5, seed: int = 1, batch_shingles: int = 1 << 14
 ) -> np.ndarray:
     """MinHash signatures (n_docs, num_perm) uint32 of the normalised texts; empty texts get all 0xFFFFFFFF."""
+    return normalised_signatures([normalise(t) for t in texts], num_perm=num_perm, ngram=ngram, seed=seed,
+                                 batch_shingles=batch_shingles)
+
+
+def normalised_signatures(norms: Sequence[str], *, num_perm: int = 128, ngram: int = 5, seed: int = 1,
+                          batch_shingles: int = 1 << 14) -> np.ndarray:
+    """`signatures` of texts already passed through `normalise` (each document's row depends on it alone)."""
     a, b = permutations(num_perm, seed)
-    hashes = [shingle_hashes(normalise(t), ngram) for t in texts]
+    hashes = [shingle_hashes(t, ngram) for t in norms]
     sig = np.full((len(hashes), num_perm), _MAX32, dtype=np.uint32)
     if not hashes:
         return sig
@@ -92,6 +108,7 @@ def signatures(
     return sig
 
 
+@functools.lru_cache(maxsize=None)
 def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows) minimising false positives + false negatives (datasketch's own optimiser, same weights)."""
     from datasketch.lsh import _optimal_param
@@ -116,32 +133,109 @@ class _UnionFind:
             self.parent[max(rx, ry)] = min(rx, ry)
 
 
-def lsh_clusters(sig: np.ndarray, bands: int, rows: int, skip: Sequence[bool] | None = None) -> np.ndarray:
-    """For each document the index of its cluster's earliest member (itself if unique)."""
+def group_pairs(task: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """One partition of a band-join. `task` is (doc indices, their keys: one row of equal width per document);
+    returns (members, roots): every document whose key another document shares, with the smallest index
+    among them (documents that are their group's smallest index are left out)."""
+    idx, keys = task
+    if len(idx) < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    keys = np.ascontiguousarray(keys)
+    flat = keys.view(np.dtype((np.void, keys.dtype.itemsize * keys.shape[1]))).reshape(-1)
+    _, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    shared = counts[inverse] > 1
+    if not shared.any():
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    first = np.full(len(counts), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, inverse[shared], idx[shared])
+    members, roots = idx[shared], first[inverse[shared]]
+    keep = members != roots
+    return members[keep], roots[keep]
+
+
+def partitions(keys: np.ndarray, idx: np.ndarray, parts: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`keys` (rows of idx) cut into `parts` hash partitions by their first 32 bits: equal keys share one."""
+    if parts <= 1:
+        yield idx, keys
+        return
+    head = np.ascontiguousarray(keys).view(np.uint8)[:, :4].copy().view(np.uint32).reshape(-1)
+    part = head % np.uint32(parts)
+    for p in range(parts):
+        sel = part == p
+        if sel.any():
+            yield idx[sel], keys[sel]
+
+
+def components(n: int, pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """For each of n documents the smallest index of its connected component under the (member, root) pairs."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    found = [(m, r) for m, r in pairs if len(m)]
+    if not found:
+        return np.arange(n, dtype=np.int64)
+    rows = np.concatenate([m for m, _ in found])
+    cols = np.concatenate([r for _, r in found])
+    graph = sp.coo_matrix((np.ones(len(rows), dtype=bool), (rows, cols)), shape=(n, n)).tocsr()
+    _, label = connected_components(graph, directed=False)
+    first = np.full(label.max() + 1, n, dtype=np.int64)
+    np.minimum.at(first, label, np.arange(n, dtype=np.int64))
+    return first[label]
+
+
+Pairs = Callable[[Iterable[tuple[np.ndarray, np.ndarray]]], Iterable[tuple[np.ndarray, np.ndarray]]]
+
+
+def _local_pairs(tasks):
+    return map(group_pairs, tasks)
+
+
+def lsh_clusters(sig: np.ndarray, bands: int, rows: int, skip: Sequence[bool] | None = None, *,
+                 pairs: Pairs = _local_pairs, parts: int = 1) -> np.ndarray:
+    """For each document the index of its cluster's earliest member (itself if unique). `pairs` runs
+    group_pairs over the band partitions (in this process by default; an executor passes its own map), `parts`
+    is the number of hash partitions per band."""
     n = len(sig)
-    uf = _UnionFind(n)
     active = np.ones(n, dtype=bool) if skip is None else ~np.asarray(skip, dtype=bool)
     idx = np.flatnonzero(active)
-    for band in range(bands):
-        keys = np.ascontiguousarray(sig[idx, band * rows : (band + 1) * rows])
-        keys = keys.view(np.dtype((np.void, keys.dtype.itemsize * rows))).reshape(-1)
-        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-        inverse = inverse.reshape(-1)
-        shared = counts[inverse] > 1
-        if not shared.any():
-            continue
-        first = np.full(len(counts), n, dtype=np.int64)
-        np.minimum.at(first, inverse[shared], idx[shared])
-        for member, root in zip(idx[shared].tolist(), first[inverse[shared]].tolist()):
-            if member != root:
-                uf.union(root, member)
-    return np.array([uf.find(i) for i in range(n)], dtype=np.int64)
+    tasks = (t for band in range(bands)
+             for t in partitions(sig[idx, band * rows : (band + 1) * rows], idx, parts))
+    return components(n, pairs(tasks))
 
 
 def exact_clusters(texts: Iterable[str]) -> np.ndarray:
     """For each document the index of the first document with the same normalised text."""
-    first: dict[bytes, int] = {}
-    return np.array([first.setdefault(exact_key(t), i) for i, t in enumerate(texts)], dtype=np.int64)
+    return key_clusters(np.array([np.frombuffer(exact_key(t), dtype=np.uint8) for t in texts],
+                                 dtype=np.uint8).reshape(-1, 16))
+
+
+def key_clusters(keys: np.ndarray, *, pairs: Pairs = _local_pairs, parts: int = 1) -> np.ndarray:
+    """`exact_clusters` from precomputed exact keys (n, 16) uint8 (see dedup_keys)."""
+    n = len(keys)
+    return components(n, pairs(partitions(keys, np.arange(n, dtype=np.int64), parts)))
+
+
+@dataclass
+class DedupKeys:
+    """What dedup keeps of a batch of documents: exact keys (n, 16) uint8, MinHash signatures per setting
+    (num_perm, ngram, seed) -> (n, num_perm) uint32, and which texts are blank (never near-duplicates)."""
+
+    exact: np.ndarray
+    near: dict[tuple[int, int, int], np.ndarray]
+    empty: np.ndarray
+
+
+def dedup_keys(texts: Sequence[str], exact: bool = True,
+               near: Iterable[tuple[int, int, int]] = ()) -> DedupKeys:
+    """Dedup keys of a batch of texts, each text normalised once for all of them."""
+    norms = [normalise(t) for t in texts]
+    keys = np.zeros((len(norms), 16 if exact else 0), dtype=np.uint8)
+    if exact and norms:
+        keys = np.frombuffer(b"".join(xxhash.xxh3_128_digest(t.encode("utf-8")) for t in norms),
+                             dtype=np.uint8).reshape(-1, 16)
+    sigs = {(p, g, s): normalised_signatures(norms, num_perm=p, ngram=g, seed=s) for p, g, s in near}
+    return DedupKeys(keys, sigs, np.array([not t.strip() for t in texts], dtype=bool))
 
 
 @dataclass

@@ -11,16 +11,27 @@ import base64
 import html as html_lib
 import io
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 
-from danlu.data.clean.pipeline import read_records
-from danlu.data.dedup import exact_clusters, near_clusters
-from danlu.jsonl import BadLine, jsonl_files
-from danlu.text import count_han
+from pydantic import Field
 
+from danlu.config import StrictModel, build_config
+from danlu.data.dedup import DedupKeys, dedup_keys, group_pairs, key_clusters, lsh_clusters, lsh_params
+from danlu.data.executor import Executor, ExecutorFields, input_bytes
+from danlu.jsonl import BadLine, jsonl_files
+from danlu.records import read_records
+from danlu.runs import counts, reason_key, start_run
+from danlu.text import count_han
+from danlu.workers import ItemFailed
+
+NEAR = (128, 5, 1)  # near-duplicate MinHash: permutations, shingle size, seed (Jaccard >= NEAR_THRESHOLD)
+NEAR_THRESHOLD = 0.8
+BATCH_CHARS = 1 << 20  # text per task sent to a worker
+BATCH_RECORDS = 2048
 MIN_CPT_TOKENS = 10_000_000  # below this, continued pretraining rarely moves a model; prefer SFT/RAG
 RECOMMENDED_CPT_TOKENS = 1_000_000_000
 
@@ -29,6 +40,13 @@ def estimate_tokens(text: str) -> int:
     """Rough token count without a tokenizer: ~1 token per CJK character, ~4 characters per token otherwise."""
     cjk = count_han(text)
     return cjk + (len(text) - cjk) // 4
+
+
+def _sum_by(items: list[dict], key, field: str) -> Counter:
+    out: Counter = Counter()
+    for it in items:
+        out[key(it)] += it[field]
+    return out
 
 
 def _dist(values: list[int]) -> dict:
@@ -61,83 +79,170 @@ def _advice(tokens: int, estimated: bool, sft: dict | None) -> list[str]:
     return out
 
 
-def stats(
-    inputs: str | Path | Iterable[str | Path],
-    *,
-    tokenizer: str | Path | None = None,
-    html: str | Path | None = None,
-    near_dup: bool = True,
-    short_answer_chars: int = 3,
-) -> dict:
-    """Corpus statistics for Document or SFT JSONL (auto-detected per record); writes `html` if given."""
-    files = jsonl_files([inputs] if isinstance(inputs, (str, Path)) else inputs)
-    count = None
-    if tokenizer is not None:
+class StatsOptions(StrictModel):
+    near_dup: bool = True  # also measure near-duplicates (MinHash)
+    short_answer_chars: int = Field(3, ge=0)  # flag SFT answers of at most this many characters
+    html: bool = True  # write OUT/report.html with plots
+
+
+class StatsConfig(StatsOptions, ExecutorFields):
+    inputs: list[str]
+    out: str
+    tokenizer: Optional[str] = None  # count real tokens (else estimated)
+
+
+@dataclass
+class _Record:
+    """What the report needs of one record (computed in a worker; the text stays there)."""
+
+    source: str
+    chars: int
+    tokens: int
+    sft: bool = False
+    task_type: str = ""
+    prompt_chars: int = 0
+    answer_chars: int = 0  # of the stripped answer
+    prompt_tokens: int = 0
+    answer_tokens: int = 0
+    id: object = None
+
+
+@dataclass
+class _Job:
+    tokenizer: str | None
+    near: bool
+    lines: list[tuple[str, int, object, str]]  # (file as given, line number, record or bad line, kind)
+
+
+_COUNTERS: dict[str, object] = {}  # per process: a worker loads each tokenizer once
+
+
+def _counter(tokenizer: str):
+    if tokenizer not in _COUNTERS:
         from danlu.data.chunk import load_counter
 
-        count = load_counter(tokenizer)
-    per_source: dict[str, dict] = defaultdict(lambda: {"docs": 0, "chars": 0, "tokens": 0})
-    char_lens, token_lens, texts, bad = [], [], [], []
-    task_types: Counter[str] = Counter()
-    prompt_chars, answer_chars, prompt_tokens, answer_tokens, short = [], [], [], [], []
-    n_sft = 0
-    # (source, pieces, is_sft): a document's text, or an SFT record's [prompt, answer, messages after the answer]
-    batch: list[tuple[str, list[str], bool]] = []
+        _COUNTERS[tokenizer] = load_counter(tokenizer)  # one call per batch: tiktoken's threads pay off
+    return _COUNTERS[tokenizer]
 
-    def flush() -> None:
-        pieces = [t for _, ps, _ in batch for t in ps]
-        counts = iter(count(pieces) if count else [estimate_tokens(t) for t in pieces])
-        for src, ps, is_sft in batch:
-            ns = [next(counts) for _ in ps]
-            if is_sft and count:
-                prompt_tokens.append(ns[0])
-                answer_tokens.append(ns[1])
-            n = sum(ns)
-            per_source[src]["tokens"] += n
-            token_lens.append(n)
-        batch.clear()
 
-    for path, lineno, rec, sft in read_records(files, "auto"):
+def _stats_batch(job: _Job) -> tuple[list[_Record | dict], DedupKeys]:
+    """Per input line its _Record (or, for a bad line, its entry in report["bad"]), and the dedup keys of the
+    records' texts. Runs in a worker."""
+    count = _counter(job.tokenizer) if job.tokenizer is not None else None
+    out: list[_Record | dict] = []
+    texts, pieces, owners = [], [], []
+    for path, lineno, rec, kind in job.lines:
         if isinstance(rec, BadLine):
-            bad.append({"path": str(path), "line": lineno, "reason": rec.error})
+            out.append({"path": path, "line": lineno, "reason": rec.error, "chars": len(rec.raw.rstrip("\n"))})
             continue
-        src = str(rec.get("source") or "unknown")
-        if sft:
-            n_sft += 1
-            msgs = rec["messages"]
+        r = _Record(str(rec.get("source") or "unknown"), 0, 0)
+        if kind != "document":
+            msgs = rec["messages"] + ([rec["chosen"]] if kind == "preference" else [])
             last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
             prompt = "\n\n".join(m["content"] for m in (msgs[:last] if last is not None else msgs))
             answer = msgs[last]["content"] if last is not None else ""
             after = "\n\n".join(m["content"] for m in msgs[last + 1 :]) if last is not None else ""
             text = "\n\n".join(m["content"] for m in msgs)
-            task_types[str(rec.get("task_type") or "unknown")] += 1
-            prompt_chars.append(len(prompt))
-            answer_chars.append(len(answer.strip()))
-            if len(answer.strip()) <= short_answer_chars:
-                short.append(rec.get("id"))
+            r.sft, r.task_type, r.id = True, str(rec.get("task_type") or "unknown"), rec.get("id")
+            r.prompt_chars, r.answer_chars = len(prompt), len(answer.strip())
             # tokens of the record: its messages' contents, counted once (without a tokenizer: the estimate
             # of the joined text, as for documents)
-            pieces = ([prompt, answer] + ([after] if after else [])) if count else [text]
+            ps = ([prompt, answer] + ([after] if after else [])) if count else [text]
         else:
             text = rec["text"]
-            pieces = [text]
-        per_source[src]["docs"] += 1
-        per_source[src]["chars"] += len(text)
-        char_lens.append(len(text))
+            ps = [text]
+        r.chars = len(text)
         texts.append(text)
-        batch.append((src, pieces, sft))
-        if len(batch) >= 256:
-            flush()
-    flush()
+        pieces += ps
+        owners.append((r, len(ps)))
+        out.append(r)
+    ns = iter(count(pieces) if count else [estimate_tokens(t) for t in pieces])
+    for r, k in owners:
+        got = [next(ns) for _ in range(k)]
+        if r.sft and count:
+            r.prompt_tokens, r.answer_tokens = got[0], got[1]
+        r.tokens = sum(got)
+    return out, dedup_keys(texts, exact=True, near=[NEAR] if job.near else [])
 
-    docs = len(texts)
-    exact_dups = int((exact_clusters(texts) != np.arange(docs)).sum())
-    dup = {"exact_duplicates": exact_dups, "exact_rate": round(exact_dups / max(docs, 1), 4)}
-    if near_dup and docs:
-        rep = near_clusters(texts).representative
-        near = int((rep != np.arange(docs)).sum())
-        dup |= {"near_duplicates": near, "near_rate": round(near / max(docs, 1), 4),
-                "near_settings": "MinHash-LSH, 5-char shingles, 128 permutations, Jaccard >= 0.8 (includes exact duplicates)"}
+
+def _jobs(files: list[Path], cfg: StatsConfig) -> Iterable[_Job]:
+    """Consecutive records in batches of about BATCH_CHARS characters."""
+    lines: list = []
+    size = 0
+    for path, lineno, rec, kind in read_records(files, "auto"):
+        lines.append((str(path), lineno, rec, kind))
+        size += len(rec.raw) if isinstance(rec, BadLine) else len(rec.get("text") or "") + sum(
+            len(m["content"]) for m in rec.get("messages") or ())
+        if size >= BATCH_CHARS or len(lines) >= BATCH_RECORDS:
+            yield _Job(cfg.tokenizer, cfg.near_dup, lines)
+            lines, size = [], 0
+    if lines:
+        yield _Job(cfg.tokenizer, cfg.near_dup, lines)
+
+
+def stats(inputs: str | Path | Iterable[str | Path], out: str | Path, *, tokenizer: str | Path | None = None,
+          sets: Iterable[str] = (), **options) -> dict:
+    """Corpus statistics for Document or SFT JSONL (auto-detected per record) into the run folder `out`:
+    report.json and, unless html=False, report.html. `options` are StatsOptions' fields."""
+    files = jsonl_files([inputs] if isinstance(inputs, (str, Path)) else inputs)
+    cfg = build_config(StatsConfig, fields=dict(options, inputs=[str(f) for f in files], out=str(out),
+                                                tokenizer=str(tokenizer) if tokenizer is not None else None),
+                       sets=sets, source="data stats")
+    ex = Executor.from_options(cfg, input_bytes(files))
+    run = start_run(out, "stats", cfg)
+    short_answer_chars = cfg.short_answer_chars
+    if cfg.tokenizer is not None:
+        _counter(cfg.tokenizer)  # a tokenizer that does not load fails here, before any work
+    count = cfg.tokenizer is not None
+    per_source: dict[str, dict] = defaultdict(lambda: {"docs": 0, "chars": 0, "tokens": 0})
+    char_lens, token_lens, bad = [], [], []
+    task_types: Counter[str] = Counter()
+    prompt_chars, answer_chars, prompt_tokens, answer_tokens, short = [], [], [], [], []
+    n_sft = 0
+    keys: list[DedupKeys] = []
+    with ex:
+        run.log.info("executor: %s", ex.describe())
+        for job, result in ex.map(_stats_batch, _jobs(files, cfg)):
+            if isinstance(result, ItemFailed):
+                raise RuntimeError(f"stats: a batch of {len(job.lines)} records from {job.lines[0][0]}:"
+                                   f"{job.lines[0][1]} failed: {result.reason}")
+            records, batch_keys = result
+            keys.append(batch_keys)
+            for r in records:
+                if isinstance(r, dict):
+                    bad.append(r)
+                    continue
+                if r.sft:
+                    n_sft += 1
+                    task_types[r.task_type] += 1
+                    prompt_chars.append(r.prompt_chars)
+                    answer_chars.append(r.answer_chars)
+                    if r.answer_chars <= short_answer_chars:
+                        short.append(r.id)
+                    if count:
+                        prompt_tokens.append(r.prompt_tokens)
+                        answer_tokens.append(r.answer_tokens)
+                per_source[r.source]["docs"] += 1
+                per_source[r.source]["chars"] += r.chars
+                per_source[r.source]["tokens"] += r.tokens
+                char_lens.append(r.chars)
+                token_lens.append(r.tokens)
+
+        docs = len(char_lens)
+        exact = np.concatenate([k.exact for k in keys]) if keys else np.zeros((0, 16), dtype=np.uint8)
+        pairs = _band_join(ex)
+        exact_dups = int((key_clusters(exact, pairs=pairs) != np.arange(docs)).sum())
+        dup = {"exact_duplicates": exact_dups, "exact_rate": round(exact_dups / max(docs, 1), 4)}
+        if cfg.near_dup and docs:
+            sig = np.concatenate([k.near[NEAR] for k in keys])
+            empty = np.concatenate([k.empty for k in keys])
+            rep = lsh_clusters(sig, *lsh_params(NEAR_THRESHOLD, NEAR[0]), skip=empty, pairs=pairs,
+                               parts=1 if ex.kind == "local" else 2)
+            near = int((rep != np.arange(docs)).sum())
+            dup |= {"near_duplicates": near, "near_rate": round(near / max(docs, 1), 4),
+                    "near_settings": "MinHash-LSH, 5-char shingles, 128 permutations, Jaccard >= 0.8 (includes exact duplicates)"}
+        del keys
+        executed = ex.describe()
     total_tokens = sum(s["tokens"] for s in per_source.values())
     sft_part = None
     if n_sft:
@@ -149,25 +254,40 @@ def stats(
             "short_answers": {"max_chars": short_answer_chars, "count": len(short), "ids": short[:50]},
         }
     report = {
+        "counts": counts(docs + len(bad), docs, rejected=Counter(reason_key(b["reason"].split(":")[0]) for b in bad)),
+        # characters: of the records read (their text, as counted below) and of the lines that were not records
+        "chars": counts(sum(char_lens) + sum(b["chars"] for b in bad), sum(char_lens),
+                        rejected=_sum_by(bad, lambda b: reason_key(b["reason"].split(":")[0]), "chars"),
+                        unit="characters of the input"),
+        "headline": ["characters", "tokens", "tokens_estimated", "duplicates.exact_duplicates", "duplicates.near_duplicates"],
         "inputs": [str(f) for f in files],
-        "records": docs + len(bad),
-        "documents": docs,
-        "bad_records": len(bad),
         "bad": bad[:100],
-        "chars": sum(char_lens),
+        "characters": sum(char_lens),
         "tokens": total_tokens,
-        "tokens_estimated": count is None,
-        "tokenizer": str(tokenizer) if tokenizer else None,
+        "tokens_estimated": not count,
+        "tokenizer": cfg.tokenizer,
         "per_source": {k: dict(v) for k, v in sorted(per_source.items())},
         "char_lengths": _dist(char_lens),
         "token_lengths": _dist(token_lens),
         "duplicates": dup,
         **({"sft": sft_part} if sft_part else {}),
     }
-    report["advice"] = _advice(total_tokens, count is None, sft_part)
-    if html:
-        write_html(report, html, char_lens, token_lens, prompt_chars, answer_chars)
-    return report
+    report["advice"] = _advice(total_tokens, not count, sft_part)
+    report["executor"] = executed
+    if cfg.html:
+        write_html(report, run.path("report.html"), char_lens, token_lens, prompt_chars, answer_chars)
+    return run.finish(report)
+
+
+def _band_join(ex: Executor):
+    """dedup.group_pairs over band partitions through the executor (here locally; Ray spreads it)."""
+    def pairs(tasks):
+        for task, result in ex.map(group_pairs, tasks, here=True):
+            if isinstance(result, ItemFailed):
+                raise RuntimeError(f"stats: a dedup partition of {len(task[0])} records failed: {result.reason}")
+            yield result
+
+    return pairs
 
 
 def _png(fig) -> str:
@@ -233,8 +353,9 @@ def write_html(report: dict, path: str | Path, char_lens, token_lens, prompt_cha
         dup_line += f"; near duplicates: {dup['near_duplicates']:,} ({dup['near_rate']:.2%})"
     body = [
         "<h1>danlu corpus statistics</h1>",
-        f"<p>{report['documents']:,} records, {report['chars']:,} characters, {report['tokens']:,} tokens"
-        f"{' (estimated)' if report['tokens_estimated'] else ''}; {report['bad_records']} bad records.</p>",
+        f"<p>{report['counts']['kept']:,} records, {report['characters']:,} characters, {report['tokens']:,} tokens"
+        f"{' (estimated)' if report['tokens_estimated'] else ''}; "
+        f"{sum(report['counts']['rejected'].values())} bad records.</p>",
         "<h2>Advice</h2><ul>" + "".join(f"<li>{esc(a)}</li>" for a in report["advice"]) + "</ul>",
         "<h2>Per source</h2><table><tr><th>source</th><th>records</th><th>chars</th><th>tokens</th></tr>"
         + rows + "</table>",

@@ -12,41 +12,41 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
+import zipfile
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
+from typing import Iterable, Optional
 
 import numpy as np
+from pydantic import Field
 from tqdm import tqdm
 
-from danlu.config import StrictModel
+from danlu.config import ConfigError, StrictModel, build_config
+from danlu.data.executor import Executor, ExecutorFields
 from danlu.jsonl import BadLine, JsonlWriter, jsonl_files, read_jsonl
 from danlu.records import record_id
-from danlu.runs import atomic_path, atomic_write_json, read_report, start_run
-from danlu.train.store import STORE_FORMAT, id_hash, token_dtype
+from danlu.runs import atomic_path, atomic_write_json, counts, read_report, reason_key, start_run
+from danlu.tokenizer.special import SpecialTokens, special_tokens
+from danlu.train.store import STORE_FORMAT, file_hash, id_hash, sample_hash, shard_check, token_dtype
+from danlu.workers import ItemFailed
 
 MAX_SHARD_DOCS = 200_000
+EMPTY = "empty text"
 ENCODE_BATCH = 512  # texts per encode_batch call inside a worker (bounds the memory of one call)
 
 
-class TokenizeConfig(StrictModel):
+class TokenizeConfig(ExecutorFields):  # workers: encoding processes (0: one per CPU core); executor, address
     inputs: list[str]
     out: str
     tokenizer: str
     source: str | None = None  # overrides each record's "source" field
-    workers: int = 0  # 0: one per CPU core
-    shard_mb: float = 32.0
-
-
-def _file_sha(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    shard_mb: float = Field(32.0, gt=0)  # MB of text per shard: the unit of resume and parallelism
+    # Document framing comes from the tokenizer's own bos_token/eos_token (danlu.tokenizer.special). For a
+    # tokenizer that names neither, say what ends a document: an eos_token of its vocabulary, or unframed: true
+    # (documents then run into each other in packed rows; a warning says so).
+    eos_token: Optional[str] = None
+    unframed: bool = False
 
 
 def _fingerprint(files: list[Path], cfg: TokenizeConfig) -> str:
@@ -54,23 +54,26 @@ def _fingerprint(files: list[Path], cfg: TokenizeConfig) -> str:
     parts = {
         "format": STORE_FORMAT,
         "inputs": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
-        "tokenizer": _file_sha(Path(cfg.tokenizer) / "tokenizer.json"),
+        "tokenizer": file_hash(Path(cfg.tokenizer) / "tokenizer.json"),
         "source": cfg.source,
         "shard_mb": cfg.shard_mb,
+        **({"framing": [cfg.eos_token, cfg.unframed]} if cfg.eos_token or cfg.unframed else {}),
     }
     return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
-def _special_ids(tokenizer_dir: Path) -> tuple[int, int | None, int | None, int]:
-    """(vocab size, bos, eos, pad) as danlu.tokenizer.encode.load_encoder reads them, without building an encoder
-    in the parent process; pad falls back to eos, then 0 (padding is never trained)."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-    bos, eos, pad = (tok.token_to_id(t) for t in ("<|bos|>", "<|eos|>", "<|pad|>"))
-    if pad is None:
-        pad = eos if eos is not None else 0
-    return tok.get_vocab_size(with_added_tokens=True), bos, eos, pad
+def _framing(cfg: TokenizeConfig) -> tuple[SpecialTokens, list[str]]:
+    """The tokenizer's special tokens and the warnings to report; refuses to frame nothing unless told to."""
+    special = special_tokens(cfg.tokenizer, eos_token=cfg.eos_token)
+    if special.framed:
+        return special, []
+    if not cfg.unframed:
+        raise ConfigError(
+            f"{cfg.tokenizer}: the tokenizer names neither a bos_token nor an eos_token (tokenizer_config.json), "
+            "so documents would run into each other in packed training rows. Choose one: --set eos_token=TOKEN "
+            "(a token of its vocabulary that ends each document), or --set unframed=true to store them unframed")
+    return special, [f"{cfg.tokenizer} has no bos/eos token: documents are stored without boundary tokens "
+                     "(unframed: true)"]
 
 
 # --- worker side -------------------------------------------------------------------------------------------
@@ -91,15 +94,15 @@ def _write_shard(job: dict) -> dict:
     """Encode one shard's texts and write its token file, index and (last) summary. Runs in a worker."""
     t0 = time.perf_counter()
     enc = _encoder(job["tokenizer"], job["threads"])
-    if (enc.vocab_size, enc.bos_id, enc.eos_id) != (job["vocab_size"], job["bos"], job["eos"]):
-        raise ValueError(f"{job['tokenizer']}: the encoder's vocab size/bos/eos differ from tokenizer.json's")
+    if enc.vocab_size != job["vocab_size"]:
+        raise ValueError(f"{job['tokenizer']}: the encoder's vocab size differs from tokenizer.json's")
     dtype = np.dtype(job["dtype"])
     texts: list[str] = job["texts"]
     encoded: list = []
     for i in range(0, len(texts), ENCODE_BATCH):
         encoded.extend(enc.encode_batch(texts[i : i + ENCODE_BATCH]))
-    pre = [enc.bos_id] if enc.bos_id is not None else []
-    post = [enc.eos_id] if enc.eos_id is not None else []
+    pre = [job["bos"]] if job["bos"] is not None else []
+    post = [job["eos"]] if job["eos"] is not None else []
     lengths = np.array([len(ids) + len(pre) + len(post) for ids in encoded], dtype=np.int64)
     offsets = np.zeros(len(lengths), dtype=np.int64)
     if len(lengths):
@@ -120,17 +123,14 @@ def _write_shard(job: dict) -> dict:
     with atomic_path(shard_dir / f"{name}.tokens") as tmp:
         flat.tofile(tmp)
     names = sorted(set(job["sources"]))
-    with atomic_path(shard_dir / f"{name}.index.npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(
-                f,
-                offsets=offsets,
-                lengths=lengths,
-                id_hash=np.array([id_hash(x) for x in job["ids"]], dtype=np.uint64),
-                ids=np.array(job["ids"], dtype=str),
-                source_names=np.array(names, dtype=str),
-                source_codes=np.array([names.index(s) for s in job["sources"]], dtype=np.uint16),
-            )
+    _write_index(shard_dir / f"{name}.index.npz", {
+        "offsets": offsets,
+        "lengths": lengths,
+        "id_hash": np.array([id_hash(x) for x in job["ids"]], dtype=np.uint64),
+        "ids": np.array(job["ids"], dtype=str),
+        "source_names": np.array(names, dtype=str),
+        "source_codes": np.array([names.index(s) for s in job["sources"]], dtype=np.uint16),
+    })
     summary = {
         "fingerprint": job["fingerprint"],
         "docs": len(lengths),
@@ -138,10 +138,21 @@ def _write_shard(job: dict) -> dict:
         "text_bytes": job["text_bytes"],
         "sources": dict(Counter(job["sources"])),
         "rejects": job["rejects"],
+        "check": shard_check(flat),  # size + sampled and full hashes (danlu.train.store)
         "encode_s": round(time.perf_counter() - t0, 3),
     }
     atomic_write_json(shard_dir / f"{name}.json", summary)
     return summary
+
+
+def _write_index(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez's format (np.load reads it), but byte-identical for identical arrays: np.savez stamps each
+    member with the time of writing, which would make every rerun's store differ."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+        for key, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with z.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
 
 
 # --- main side ---------------------------------------------------------------------------------------------
@@ -156,7 +167,7 @@ def _shards(files: list[Path], shard_bytes: int, source: str | None):
             if isinstance(rec, BadLine):
                 job["rejects"].append(rec.as_reject("tokenize"))
             elif not rec["text"].strip():
-                job["rejects"].append(BadLine(str(path), lineno, "empty text").as_reject("tokenize"))
+                job["rejects"].append(BadLine(str(path), lineno, EMPTY).as_reject("tokenize"))
             else:
                 job["ids"].append(record_id(rec, path, lineno))
                 src = source or rec.get("source")
@@ -174,21 +185,18 @@ def _new_job() -> dict:
     return {"texts": [], "ids": [], "sources": [], "rejects": [], "text_bytes": 0, "lines": 0}
 
 
-def _pool_context():
-    """fork where the OS has it: workers start in milliseconds with danlu already imported, and (unlike spawn)
-    a caller's script needs no `if __name__ == "__main__"` guard. The parent has not run a tokenizer (special ids
-    come from tokenizer.json), so no tokenizer thread pool is forked."""
-    return get_context("fork" if "fork" in get_all_start_methods() else "spawn")
-
-
 def _completed(store: Path, name: str, fingerprint: str, itemsize: int) -> dict | None:
     """The summary of a shard finished by an earlier run with the same fingerprint, or None."""
+    tokens = store / "shards" / f"{name}.tokens"
     try:
         summary = json.loads((store / "shards" / f"{name}.json").read_text(encoding="utf-8"))
-        size = (store / "shards" / f"{name}.tokens").stat().st_size
-    except (OSError, ValueError):
+        size = tokens.stat().st_size
+        ok = isinstance(summary, dict) and summary.get("fingerprint") == fingerprint \
+            and size == summary.get("tokens", -1) * itemsize
+        check = summary.get("check") if ok else None
+        ok = ok and (not isinstance(check, dict) or sample_hash(path=tokens) == check.get("sample"))
+    except (OSError, ValueError, AttributeError):
         return None
-    ok = summary.get("fingerprint") == fingerprint and size == summary.get("tokens", -1) * itemsize
     return summary if ok else None
 
 
@@ -199,82 +207,72 @@ def _remove_leftovers(shard_dir: Path, keep: set[str]) -> None:
             f.unlink(missing_ok=True)
 
 
-def tokenize(
-    inputs: list[str | Path],
-    out: str | Path,
-    tokenizer: str | Path,
-    source: str | None = None,
-    workers: int = 0,
-    shard_mb: float = 32.0,
-    force: bool = False,
-    progress: bool = True,
-) -> dict:
+def tokenize(inputs: list[str | Path], out: str | Path, tokenizer: str | Path, *, sets: Iterable[str] = (),
+             force: bool = False, progress: bool = True, **options) -> dict:
     """Tokenize Document JSONL files (or folders of them) into the token store `out`; returns report.json's dict.
+    `options` are TokenizeConfig's fields (source, workers, executor, address, shard_mb, eos_token, unframed).
 
     A store already finished from the same inputs and tokenizer is returned as is (report["reused"] is True)
-    unless `force`; an unfinished one continues from its completed shards.
+    unless `force` (which also lets it take over a folder another stage wrote); an unfinished one continues
+    from its completed shards.
     """
     files = jsonl_files(inputs)
     tok_dir = Path(tokenizer)
     if not (tok_dir / "tokenizer.json").exists():
         raise FileNotFoundError(f"{tok_dir}: not a Hugging Face tokenizer folder (no tokenizer.json)")
-    cfg = TokenizeConfig(
-        inputs=[str(p) for p in inputs], out=str(out), tokenizer=str(tok_dir), source=source,
-        workers=workers or (os.cpu_count() or 1), shard_mb=shard_mb,
-    )
+    cfg = build_config(TokenizeConfig, fields=dict(options, inputs=[str(p) for p in inputs], out=str(out),
+                                                   tokenizer=str(tok_dir)), sets=sets, source="data tokenize")
     store = Path(out)
     fingerprint = _fingerprint(files, cfg)
     done = read_report(store)
     if done is not None and done.get("fingerprint") == fingerprint and not force:
         return {**done, "reused": True}
 
-    run = start_run(store, "tokenize", cfg)
-    vocab_size, bos, eos, pad = _special_ids(tok_dir)
-    dtype = token_dtype(vocab_size)
-    run.log.info("%d input file(s); vocab %d -> %s tokens; %d worker(s)", len(files), vocab_size, dtype, cfg.workers)
+    special, warnings = _framing(cfg)
+    ex = Executor.from_options(cfg)
+    run = start_run(store, "tokenize", cfg, force=force)
+    for w in warnings:
+        run.log.warning("%s", w)
+    dtype = token_dtype(special.vocab_size)
     (store / "shards").mkdir(exist_ok=True)
+    with ex:
+        executed, workers = ex.describe(), ex.parallelism
+        run.log.info("%d input file(s); vocab %d -> %s tokens; %s; bos %s, eos %s", len(files),
+                     special.vocab_size, dtype, executed, special.bos, special.eos)
+        summaries: dict[str, dict] = {}
+        lines_in = reused = fresh_bytes = 0
+        t0 = time.perf_counter()
+        bar = tqdm(total=sum(p.stat().st_size for p in files), unit="B", unit_scale=True, desc="tokenize",
+                   disable=not progress)
 
-    summaries: dict[str, dict] = {}
-    lines_in = 0
-    reused = 0
-    fresh_bytes = 0
-    t0 = time.perf_counter()
-    total_bytes = sum(p.stat().st_size for p in files)
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenize", disable=not progress)
-    pool = ProcessPoolExecutor(cfg.workers, mp_context=_pool_context()) if cfg.workers > 1 else None
-    pending: dict[Future, str] = {}
-    try:
-        for k, job in enumerate(_shards(files, int(shard_mb * 2**20), source)):
-            name = f"{k:05d}"
-            lines_in += job.pop("lines")
-            prior = None if force else _completed(store, name, fingerprint, dtype.itemsize)
-            if prior is not None:
-                summaries[name] = prior
-                reused += 1
-                bar.update(prior["text_bytes"])
-                continue
-            fresh_bytes += job["text_bytes"]
-            job.update(name=name, store=str(store), tokenizer=str(tok_dir), dtype=dtype.str,
-                       vocab_size=vocab_size, bos=bos, eos=eos, fingerprint=fingerprint,
-                       threads=1 if pool else None)  # one encoder thread per worker process: no oversubscription
-            if pool is None:
-                summaries[name] = _write_shard(job)
-                bar.update(job["text_bytes"])
-                continue
-            pending[pool.submit(_write_shard, job)] = name
-            while len(pending) >= 2 * cfg.workers:  # bound the texts held in memory
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    summaries[pending.pop(fut)] = s = fut.result()
-                    bar.update(s["text_bytes"])
-        for fut in list(pending):
-            summaries[pending.pop(fut)] = s = fut.result()
-            bar.update(s["text_bytes"])
-        bar.update(max(0, bar.total - bar.n))  # it counts text bytes against file bytes: close the gap
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        def fresh_jobs():
+            """Shard jobs still to encode; shards an earlier run finished with the same fingerprint are taken as is."""
+            nonlocal lines_in, reused, fresh_bytes
+            for k, job in enumerate(_shards(files, int(cfg.shard_mb * 2**20), cfg.source)):
+                name = f"{k:05d}"
+                lines_in += job.pop("lines")
+                prior = None if force else _completed(store, name, fingerprint, dtype.itemsize)
+                if prior is not None:
+                    summaries[name] = prior
+                    reused += 1
+                    bar.update(prior["text_bytes"])
+                    continue
+                fresh_bytes += job["text_bytes"]
+                job.update(name=name, store=str(store), tokenizer=str(tok_dir), dtype=dtype.str,
+                           vocab_size=special.vocab_size, bos=special.bos_id, eos=special.eos_id,
+                           fingerprint=fingerprint,
+                           threads=1 if workers > 1 or ex.kind == "ray" else None)  # no oversubscription
+                yield job
+
+        try:  # at most 2 shards per worker in flight bounds the texts held in memory
+            for job, summary in ex.map(_write_shard, fresh_jobs(), window=2 * workers):
+                if isinstance(summary, ItemFailed):
+                    raise RuntimeError(f"{store}: encoding shard {job['name']} failed: {summary.reason}")
+                summaries[job["name"]] = summary
+                bar.update(summary["text_bytes"])
+            bar.update(max(0, bar.total - bar.n))  # it counts text bytes against file bytes: close the gap
+        finally:
+            bar.close()
     elapsed = time.perf_counter() - t0
 
     names = sorted(summaries)
@@ -285,8 +283,10 @@ def tokenize(
             w.write(r)
     atomic_write_json(
         store / "store.json",
-        {"format": STORE_FORMAT, "dtype": dtype.str, "vocab_size": vocab_size, "bos_id": bos, "eos_id": eos,
-         "pad_id": pad, "tokenizer_sha": _file_sha(tok_dir / "tokenizer.json"), "shards": names},
+        {"format": STORE_FORMAT, "dtype": dtype.str, "vocab_size": special.vocab_size, "bos_id": special.bos_id,
+         "eos_id": special.eos_id, "pad_id": special.pad_or_fallback(),
+         "tokenizer_sha": file_hash(tok_dir / "tokenizer.json"), "shards": names,
+         "checks": {n: summaries[n]["check"] for n in names if isinstance(summaries[n].get("check"), dict)}},
     )
     docs = sum(summaries[n]["docs"] for n in names)
     tokens = sum(summaries[n]["tokens"] for n in names)
@@ -294,27 +294,27 @@ def tokenize(
     sources: Counter = Counter()
     for n in names:
         sources.update(summaries[n]["sources"])
-    reasons = Counter(r["reason"].split(":")[0] for r in rejects)
+    empty = sum(r["reason"] == EMPTY for r in rejects)
+    bad = Counter(reason_key(r["reason"].split(":")[0]) for r in rejects if r["reason"] != EMPTY)
     report = {
+        "counts": counts(lines_in, docs, {EMPTY: empty}, bad),
+        "headline": ["tokens", "shards", "shards_reused", "mb_per_s"],
+        "warnings": warnings,
         "fingerprint": fingerprint,
         "inputs": [str(p) for p in files],
-        "counts": {"in": lines_in, "out": docs, "removed": len(rejects), "removed_by_reason": dict(reasons)},
-        "records_in": lines_in,
-        "docs": docs,
-        "rejected": len(rejects),
-        "rejected_by_reason": dict(reasons),
         "tokens": tokens,
         "text_bytes": text_bytes,
         "sources": dict(sources),
         "dtype": dtype.name,
-        "vocab_size": vocab_size,
+        "vocab_size": special.vocab_size,
+        "framing": {"bos": special.bos, "eos": special.eos},
         "shards": len(names),
         "shards_reused": reused,
         "timings": {"tokenize_s": round(elapsed, 3)},
+        "executor": executed,
         "mb_per_s": round(fresh_bytes / 2**20 / max(elapsed, 1e-9), 3),  # text encoded by this run only
         "tokens_per_doc": round(tokens / docs, 1) if docs else 0.0,
         "bytes_per_token": round(text_bytes / tokens, 3) if tokens else 0.0,
     }
-    assert lines_in == docs + len(rejects), "every input record is either a document or a reject"
     run.log.info("%d docs, %d tokens, %d rejected; %.2f MB/s", docs, tokens, len(rejects), report["mb_per_s"])
     return run.finish(report)

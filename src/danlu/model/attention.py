@@ -36,3 +36,21 @@ def document_causal_mask(position_ids: torch.Tensor, attn_implementation: str = 
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
             ~allowed, torch.finfo(dtype).min)
     return allowed
+
+
+def shared_prefix_mask(block: torch.Tensor, branch: torch.Tensor, attn_implementation: str = "sdpa",
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[B, 1, T, T] mask for rows of token groups in which several sequences share a prefix (a preference pair's
+    prompt, laid out once, then the chosen and the rejected answer): a token attends to earlier tokens of its own
+    group (`block`) that are either the shared prefix (`branch` 0) or on its own branch, never another branch.
+    Positions continue from the prefix on every branch, so each sequence computes exactly what it would alone.
+    Boolean for SDPA-like kernels, additive float for eager, as document_causal_mask."""
+    T = block.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=block.device).tril()
+    same = block[:, :, None] == block[:, None, :]
+    visible = (branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])
+    allowed = (same & visible & causal)[:, None]
+    if attn_implementation == "eager":
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)
+    return allowed

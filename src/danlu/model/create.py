@@ -12,6 +12,7 @@ from typing import Optional
 from pydantic import model_validator
 
 from danlu.config import StrictModel
+from danlu.tokenizer.special import special_tokens
 
 # Llama-shaped presets: hidden size, layers, attention heads, key/value heads (GQA), SwiGLU width.
 SIZE_PRESETS: dict[str, dict[str, int]] = {
@@ -68,7 +69,8 @@ class ModelSpec(StrictModel):
         return self.tokenizer or self.path or ""
 
 
-def llama_config(spec: ModelSpec, vocab_size: int, bos_id: int | None = None, eos_id: int | None = None):
+def llama_config(spec: ModelSpec, vocab_size: int, bos_id: int | None = None, eos_id: int | None = None,
+                 pad_id: int | None = None):
     from transformers import LlamaConfig
 
     d = spec.dims()
@@ -87,16 +89,8 @@ def llama_config(spec: ModelSpec, vocab_size: int, bos_id: int | None = None, eo
         tie_word_embeddings=spec.tie_word_embeddings,
         bos_token_id=bos_id,
         eos_token_id=eos_id,
-        pad_token_id=eos_id,
+        pad_token_id=pad_id,
     )
-
-
-def tokenizer_vocab(tokenizer_dir: str | Path) -> tuple[int, int | None, int | None]:
-    """(vocab size incl. added tokens, bos id, eos id) of a HF tokenizer folder."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    return len(tok), tok.bos_token_id, tok.eos_token_id
 
 
 def create_model(spec: ModelSpec, seed: int = 0):
@@ -109,8 +103,10 @@ def create_model(spec: ModelSpec, seed: int = 0):
             raise FileNotFoundError(f"model.path {spec.path}: not a Hugging Face model folder (no config.json)")
         return AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch.float32,
                                                     attn_implementation=spec.attn_implementation)
-    vocab, bos, eos = tokenizer_vocab(spec.tokenizer_dir())
-    config = llama_config(spec, vocab, bos, eos)
+    special = special_tokens(spec.tokenizer_dir())
+    # pad_token_id becomes the embedding's padding_idx (a row kept at zero and never trained): it must be the
+    # tokenizer's pad token, never the EOS that ends every document
+    config = llama_config(spec, special.vocab_size, special.bos_id, special.eos_id, special.pad_id)
     config._attn_implementation = spec.attn_implementation
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).float()

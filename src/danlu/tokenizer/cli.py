@@ -7,6 +7,9 @@ from typing import List, Optional
 
 import typer
 
+from danlu.cliutil import echo_report, force_option, sets_option
+from danlu.runs import taking_over
+
 app = typer.Typer(no_args_is_help=True)
 
 
@@ -14,21 +17,22 @@ app = typer.Typer(no_args_is_help=True)
 def train_cmd(
     corpus: List[Path] = typer.Argument(..., help="Document JSONL files/folders (field 'text') and plain .txt files."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (a Hugging Face tokenizer folder)."),
-    vocab_size: int = typer.Option(32768, "--vocab-size", help="Total vocabulary size, special tokens included."),
-    type: str = typer.Option("bpe", "--type", help="bpe (byte-level BPE, danlu's trainer) or unigram (HF trainer)."),
-    character_coverage: float = typer.Option(
-        0.9995, "--character-coverage", help="bpe: share of non-ASCII text whose characters become tokens first."
+    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Total vocabulary size, special tokens "
+                                             "included (default 32768)."),
+    type: Optional[str] = typer.Option(None, "--type", help="bpe (byte-level BPE, danlu's trainer) or unigram (HF trainer)."),
+    character_coverage: Optional[float] = typer.Option(
+        None, "--character-coverage", help="bpe: share of non-ASCII text whose characters become tokens first."
     ),
+    set_: List[str] = sets_option(),
+    force: bool = force_option(),
 ) -> None:
     """Train a byte-level tokenizer on a corpus and save it as a Hugging Face tokenizer folder."""
     from danlu.tokenizer.train import train_tokenizer
 
-    report = train_tokenizer(corpus, out, vocab_size=vocab_size, type=type, character_coverage=character_coverage)
-    typer.echo(
-        f"{type} tokenizer, vocab {report['vocab_size']}, trained on {report['counts']['documents_used']} documents "
-        f"({report['characters']:,} chars, {report['counts']['rejected']} rejected) in "
-        f"{report['timings']['train_s']:.1f}s -> {out}"
-    )
+    with taking_over(force):
+        report = train_tokenizer(corpus, out, vocab_size=vocab_size, type=type,
+                                 character_coverage=character_coverage, sets=set_)
+    echo_report(report)
 
 
 @app.command("expand")
@@ -39,18 +43,18 @@ def expand_cmd(
     max_new: Optional[int] = typer.Option(None, "--max-new", help="Add at most this many tokens (domain order)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Local HF model to resize for the new tokenizer."),
     model_out: Optional[Path] = typer.Option(None, "--model-out", help="Where the resized model goes."),
+    set_: List[str] = sets_option(),
+    force: bool = force_option(),
 ) -> None:
     """Add a domain tokenizer's new tokens to a base tokenizer (existing ids keep their meaning)."""
     from danlu.tokenizer.expand import expand_tokenizer
 
-    report = expand_tokenizer(base, domain, out, max_new=max_new, model=model, model_out=model_out)
-    typer.echo(
-        f"added {report['counts']['added']} tokens: vocab {report['base_vocab_size']} -> {report['vocab_size']} -> {out}"
-    )
-    typer.echo(f"skipped: {report['counts']['skipped']}")
+    with taking_over(force):
+        report = expand_tokenizer(base, domain, out, max_new=max_new, model=model, model_out=model_out, sets=set_)
+    echo_report(report)
     if "model" in report:
         m = report["model"]
-        typer.echo(f"model embeddings {m['rows_before']} -> {m['rows_after']} rows -> {m['dir']}")
+        typer.echo(f"  model embeddings {m['rows_before']} -> {m['rows_after']} rows -> {m['dir']}")
 
 
 @app.command("compare")

@@ -17,6 +17,7 @@ from typing import Callable
 from tokenizers import Tokenizer
 
 from danlu.tokenizer.bytelevel import ranks_from_tokenizer_json
+from danlu.tokenizer.special import special_tokens
 
 # A probe covering scripts, digits, whitespace runs, emoji and control characters: the tiktoken engine must give
 # the HF ids on it before it is trusted (a cheap guard on top of the structural check).
@@ -28,7 +29,7 @@ _PROBE = [
 
 @dataclass
 class Encoder:
-    """Encode many texts to token ids without special tokens; bos/eos ids for document framing."""
+    """Encode many texts to token ids without special tokens; the tokenizer's bos/eos ids (danlu.tokenizer.special)."""
 
     encode_batch: Callable[[list[str]], list[list[int]]]
     vocab_size: int
@@ -48,8 +49,8 @@ def load_encoder(tokenizer_dir: str | Path, engine: str = "auto", threads: int |
     spec = json.loads(path.read_text(encoding="utf-8"))
     hf = Tokenizer.from_file(str(path))
     hf.encode_special_tokens = True  # "<|eos|>" inside a document is text, as in tiktoken's encode_ordinary
-    vocab_size = hf.get_vocab_size(with_added_tokens=True)
-    bos, eos = hf.token_to_id("<|bos|>"), hf.token_to_id("<|eos|>")
+    special = special_tokens(tokenizer_dir)
+    vocab_size, bos, eos = special.vocab_size, special.bos_id, special.eos_id
 
     def hf_encode_batch(texts: list[str]) -> list[list[int]]:
         return [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]

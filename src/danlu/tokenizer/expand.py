@@ -28,12 +28,13 @@ import json
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterable
 
 from pydantic import Field
 from tokenizers import Tokenizer
 
-from danlu.config import StrictModel, validate
-from danlu.runs import atomic_path, atomic_write_json, start_run
+from danlu.config import StrictModel, build_config
+from danlu.runs import atomic_path, atomic_write_json, counts, start_run
 from danlu.tokenizer.bytelevel import token_bytes, token_str
 
 SP_SPACE = "\u2581"  # "▁", SentencePiece's visible space
@@ -50,20 +51,13 @@ class ExpandConfig(StrictModel):
     model_out: str | None = None
 
 
-def expand_tokenizer(
-    base: str | Path,
-    domain: str | Path,
-    out: str | Path,
-    max_new: int | None = None,
-    model: str | Path | None = None,
-    model_out: str | Path | None = None,
-) -> dict:
-    """Write `base` + up to `max_new` of `domain`'s tokens to `out`; with `model`, also resize it into `model_out`."""
-    cfg = validate(
-        dict(base=str(base), domain=str(domain), out=str(out), max_new=max_new,
-             model=str(model) if model else None, model_out=str(model_out) if model_out else None),
-        ExpandConfig, "tokenizer expand",
-    )
+def expand_tokenizer(base: str | Path, domain: str | Path, out: str | Path, *, sets: Iterable[str] = (),
+                     **options) -> dict:
+    """Write `base` + up to `max_new` of `domain`'s tokens to `out`; with `model`, also resize it into `model_out`.
+    `options` are ExpandConfig's fields (max_new, model, model_out)."""
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+    cfg = build_config(ExpandConfig, fields=dict(options, base=str(base), domain=str(domain), out=str(out)),
+                       sets=sets, source="tokenizer expand")
     if (cfg.model is None) != (cfg.model_out is None):
         raise ValueError("--model and --model-out go together")
     t0 = time.perf_counter()
@@ -81,7 +75,9 @@ def expand_tokenizer(
                 tmp.write_bytes(src.read_bytes())
     atomic_write_json(out_dir / "new_tokens.json", [{"id": i, "text": t, "token": s} for s, i, t in added])
     report = {
-        "counts": {"candidates": sum(skipped.values()) + len(added), "added": len(added), "skipped": skipped},
+        # candidates: the domain tokenizer's tokens (and, for SentencePiece bases, their characters)
+        "counts": counts(sum(skipped.values()) + len(added), len(added), skipped, unit="candidate tokens"),
+        "headline": ["base_vocab_size", "vocab_size"],
         "base_vocab_size": _size(base_spec),
         "vocab_size": _size(spec),
         "examples": [t for _, _, t in added[:30]],

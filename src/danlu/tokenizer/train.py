@@ -11,41 +11,29 @@ Unigram: the HF tokenizers Unigram trainer over the same byte-level alphabet (al
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterable, Iterator, Literal
 
 import regex
-from pydantic import Field
+from pydantic import Field, field_validator
 from tokenizers import Tokenizer, processors
 
-from danlu.config import StrictModel, validate
+from danlu.config import StrictModel, build_config
 from danlu.jsonl import JsonlWriter
-from danlu.runs import atomic_path, atomic_write_json, atomic_write_text, start_run
+from danlu.runs import atomic_path, atomic_write_json, atomic_write_text, counts, reason_key, start_run
 from danlu.tokenizer.bytelevel import GPT4_PATTERN, hf_tokenizer_from_ranks
+from danlu.tokenizer.chat import DEFAULT_CHAT_TEMPLATE, DEFAULT_ROLE_TOKENS
 from danlu.tokenizer.corpus import CorpusStats, chunks, corpus_files, iter_documents
 
-SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|end|>"]
+SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", *DEFAULT_ROLE_TOKENS]
 
-# Default chat template for models trained from scratch: <|bos|><|user|>...<|end|><|assistant|>...<|end|>
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant', 'tool'] %}"
-    "{{ raise_exception('unknown role: ' + message['role']) }}{% endif %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
+class TokenizerTrainOptions(StrictModel):
+    """What `danlu tokenizer train` and the pipeline's `tokenizer:` section set."""
 
-
-class TrainConfig(StrictModel):
-    inputs: list[str]
-    out: str
-    vocab_size: int = 32768
+    vocab_size: int = 32768  # total, special tokens included
     type: Literal["bpe", "unigram"] = "bpe"
     pattern: str = GPT4_PATTERN
     # BPE: the share of non-ASCII character occurrences whose characters become tokens before the merge loop
@@ -53,24 +41,26 @@ class TrainConfig(StrictModel):
     character_coverage: float = Field(0.9995, gt=0, le=1)
     model_max_length: int = 2048
 
+    @field_validator("vocab_size")
+    @classmethod
+    def _room_for_merges(cls, v: int) -> int:
+        floor = 256 + len(SPECIAL_TOKENS)
+        if v <= floor:
+            raise ValueError(f"vocab_size {v} is too small: byte-level needs > {floor} (256 bytes + "
+                             f"{len(SPECIAL_TOKENS)} special tokens)")
+        return v
 
-def train_tokenizer(
-    inputs: list[str | Path],
-    out: str | Path,
-    vocab_size: int = 32768,
-    type: Literal["bpe", "unigram"] = "bpe",
-    pattern: str = GPT4_PATTERN,
-    model_max_length: int = 2048,
-    character_coverage: float = 0.9995,
-) -> dict:
-    """Train on `inputs` (Document JSONL / text files or folders), write an HF tokenizer folder to `out`."""
-    cfg = validate(
-        dict(inputs=[str(p) for p in inputs], out=str(out), vocab_size=vocab_size, type=type, pattern=pattern,
-             model_max_length=model_max_length, character_coverage=character_coverage),
-        TrainConfig, "tokenizer train",
-    )
-    if cfg.vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
-        raise ValueError(f"--vocab-size {cfg.vocab_size} is too small: byte-level needs > {256 + len(SPECIAL_TOKENS)}")
+
+class TokenizerTrainConfig(TokenizerTrainOptions):
+    inputs: list[str]
+    out: str
+
+
+def train_tokenizer(inputs: list[str | Path], out: str | Path, *, sets: Iterable[str] = (), **options) -> dict:
+    """Train on `inputs` (Document JSONL / text files or folders), write an HF tokenizer folder to `out`.
+    `options` are TokenizerTrainOptions' fields (vocab_size, type, pattern, character_coverage, ...)."""
+    cfg = build_config(TokenizerTrainConfig, fields=dict(options, inputs=[str(p) for p in inputs], out=str(out)),
+                       sets=sets, source="tokenizer train")
     corpus_files(cfg.inputs)  # missing inputs fail before an output folder is made
     run = start_run(out, "tokenizer-train", cfg)
     stats = CorpusStats()
@@ -80,8 +70,9 @@ def train_tokenizer(
     else:
         tok, engine = _train_unigram(_documents(cfg.inputs, stats, split=True), cfg), "tokenizers-unigram"
     train_s = time.perf_counter() - t0
-    if stats.documents == 0:
-        raise ValueError(f"no usable documents in {', '.join(cfg.inputs)} ({len(stats.rejected)} rejected)")
+    if stats.documents == 0 or stats.characters == 0:
+        raise ValueError(f"no text to train on in {', '.join(cfg.inputs)} ({stats.documents} documents, "
+                         f"{stats.characters} characters, {len(stats.rejected)} records rejected)")
     save_tokenizer_folder(tok, run.dir, model_max_length=cfg.model_max_length)
     if stats.rejected:
         with JsonlWriter(run.path("rejects.jsonl")) as w:
@@ -89,16 +80,23 @@ def train_tokenizer(
                 w.write(r)
     run.log.info("trained %s (%s) vocab %d on %d documents in %.1fs", cfg.type, engine, tok.get_vocab_size(),
                  stats.documents, train_s)
+    reached = tok.get_vocab_size(with_added_tokens=True)
+    warnings = []
+    if reached < cfg.vocab_size:
+        warnings.append(f"asked for a vocabulary of {cfg.vocab_size:,} but the corpus only supports {reached:,} "
+                        "(every distinct merge is used): give more text, or ask for less")
+    for w in warnings:
+        run.log.warning("%s", w)
+    reasons = Counter(reason_key(r["reason"].split(":")[0]) for r in stats.rejected)
     return run.finish(
         {
-            "counts": {
-                "files": stats.files,
-                "records_in": stats.documents + len(stats.rejected),
-                "documents_used": stats.documents,
-                "rejected": len(stats.rejected),
-            },
+            "counts": counts(stats.documents + len(stats.rejected), stats.documents, rejected=reasons),
+            "headline": ["vocab_size", "characters", "engine"],
+            "warnings": warnings,
+            "files": stats.files,
             "characters": stats.characters,
-            "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+            "requested_vocab_size": cfg.vocab_size,
+            "vocab_size": reached,
             "type": cfg.type,
             "engine": engine,
             "special_tokens": SPECIAL_TOKENS,
@@ -120,7 +118,7 @@ def _documents(inputs: list[str], stats: CorpusStats, split: bool = False) -> It
                 yield text
 
 
-def _train_bpe(docs: Iterator[str], cfg: TrainConfig, log: logging.Logger) -> tuple[Tokenizer, str]:
+def _train_bpe(docs: Iterator[str], cfg: TokenizerTrainConfig, log: logging.Logger) -> tuple[Tokenizer, str]:
     n_tokens = cfg.vocab_size - len(SPECIAL_TOKENS)
     try:
         from danlu.tokenizer import _bpe
@@ -134,7 +132,7 @@ def _train_bpe(docs: Iterator[str], cfg: TrainConfig, log: logging.Logger) -> tu
     return _with_bos_processor(hf_tokenizer_from_ranks(ranks, cfg.pattern, specials)), engine
 
 
-def _danlu_ranks(_bpe, docs: Iterator[str], n_tokens: int, cfg: TrainConfig) -> dict[bytes, int]:
+def _danlu_ranks(_bpe, docs: Iterator[str], n_tokens: int, cfg: TokenizerTrainConfig) -> dict[bytes, int]:
     from tqdm import tqdm
 
     trainer = _bpe.Trainer()
@@ -161,7 +159,7 @@ def _rustbpe_ranks(texts: Iterator[str], n_tokens: int, pattern: str) -> dict[by
     return dict(trainer.get_mergeable_ranks())
 
 
-def _train_unigram(texts: Iterator[str], cfg: TrainConfig) -> Tokenizer:
+def _train_unigram(texts: Iterator[str], cfg: TokenizerTrainConfig) -> Tokenizer:
     from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.Unigram())
@@ -183,16 +181,16 @@ def _train_unigram(texts: Iterator[str], cfg: TrainConfig) -> Tokenizer:
 
 
 def _with_bos_processor(tok: Tokenizer) -> Tokenizer:
-    """`tokenizer(text)` in transformers gives <|bos|> + text, matching how `danlu data tokenize` frames documents."""
-    bos = tok.token_to_id("<|bos|>")
+    """`tokenizer(text)` in transformers gives BOS + text, matching how `danlu data tokenize` frames documents."""
+    bos = SPECIAL_TOKENS[0]
     tok.post_processor = processors.TemplateProcessing(
-        single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B", special_tokens=[("<|bos|>", bos)]
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
     )
     return tok
 
 
 def save_tokenizer_folder(
-    tok: Tokenizer, out: str | Path, model_max_length: int = 2048, chat_template: str | None = CHAT_TEMPLATE,
+    tok: Tokenizer, out: str | Path, model_max_length: int = 2048, chat_template: str | None = DEFAULT_CHAT_TEMPLATE,
     config_extra: dict | None = None,
 ) -> None:
     """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and chat_template.jinja atomically."""
@@ -201,7 +199,7 @@ def save_tokenizer_folder(
     with atomic_path(out / "tokenizer.json") as tmp:
         tok.save(str(tmp))
     vocab = tok.get_vocab(with_added_tokens=True)
-    roles = {k: f"<|{k}|>" for k in ("bos", "eos", "pad")}
+    roles = dict(zip(("bos", "eos", "pad"), SPECIAL_TOKENS))  # what danlu's own tokenizers begin/end/pad with
     special_map = {f"{k}_token": v for k, v in roles.items() if v in vocab}
     extra = [t for t in SPECIAL_TOKENS if t in vocab and t not in roles.values()]
     if extra:
@@ -217,8 +215,3 @@ def save_tokenizer_folder(
     atomic_write_json(out / "special_tokens_map.json", special_map)
     if chat_template:
         atomic_write_text(out / "chat_template.jinja", chat_template)
-
-
-def read_special_tokens(tokenizer_dir: str | Path) -> dict:
-    p = Path(tokenizer_dir) / "special_tokens_map.json"
-    return json.loads(p.read_text("utf-8")) if p.exists() else {}

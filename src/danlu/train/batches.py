@@ -27,27 +27,12 @@ import torch
 
 from danlu.train.mixing import SourceSpec, normalised_weights
 from danlu.train.packing import Method, Packer, Piece, windows
+from danlu.train.sources import OpenSource, open_sources
 from danlu.train.store import TokenStore
 
 __all__ = ["SourceSpec", "PackedBatches", "heldout_batches"]
 
 STATE_VERSION = 1
-
-
-def _open_stores(sources: list[SourceSpec]) -> list[TokenStore]:
-    stores = []
-    for s in sources:
-        if s.store is None:
-            raise ValueError(f"source '{s.name}': training needs a token store ('store'), not just a token count")
-        stores.append(TokenStore(s.store))
-    first = stores[0]
-    for s, st in zip(sources, stores):
-        same = (st.vocab_size, st.bos_id, st.eos_id, st.pad_id, st.meta.get("tokenizer_sha")) == (
-            first.vocab_size, first.bos_id, first.eos_id, first.pad_id, first.meta.get("tokenizer_sha"))
-        if not same:
-            raise ValueError(f"source '{s.name}' ({s.store}) was tokenized with a different tokenizer than "
-                             f"'{sources[0].name}' ({sources[0].store})")
-    return stores
 
 
 def _rows_to_batch(rows: list[list[Piece]], stores: list[TokenStore], seq_len: int, doc_mask: bool) -> dict:
@@ -76,7 +61,7 @@ class PackedBatches:
 
     def __init__(
         self,
-        sources: list[SourceSpec | dict],
+        sources: list[SourceSpec | dict | OpenSource],
         seq_len: int,
         batch_size: int,
         doc_mask: bool = True,
@@ -90,18 +75,16 @@ class PackedBatches:
             raise ValueError(f"rank {rank} is not in 0..world_size-1 (world_size {world_size})")
         if not sources:
             raise ValueError("no sources given")
-        self.sources = [s if isinstance(s, SourceSpec) else SourceSpec.model_validate(s) for s in sources]
+        opened = open_sources(sources)
+        self.sources = [o.spec for o in opened]
         self.seq_len, self.batch_size, self.doc_mask, self.seed = seq_len, batch_size, doc_mask, seed
         self.rank, self.world_size, self.buffer_size = rank, world_size, buffer_size
-        self.stores = _open_stores(self.sources)
+        self.stores = [o.store for o in opened]
         self.weights = normalised_weights(self.sources)
-        self.train_docs: list[np.ndarray] = []
-        for s, st in zip(self.sources, self.stores):
-            train = st.split(s.heldout_fraction, s.min_heldout_docs).train
-            train = train[st.lengths[train] >= 2]  # a 1-token document has no target
-            if len(train) == 0 and s.weight > 0:
-                raise ValueError(f"source '{s.name}' ({s.store}) has no training documents")
-            self.train_docs.append(train)
+        self.train_docs: list[np.ndarray] = [o.train_docs for o in opened]
+        for o in opened:
+            if len(o.train_docs) == 0 and o.spec.weight > 0:
+                raise ValueError(f"source '{o.name}' ({o.spec.store}) has no training documents")
         self.packer = Packer(seq_len, method)
         self._perms: dict[int, tuple[int, np.ndarray]] = {}
         self.last_pieces: list[list[Piece]] = []  # this rank's rows of the last batch (for tests and debugging)
@@ -223,19 +206,18 @@ class PackedBatches:
 
 
 def heldout_batches(
-    source: SourceSpec | dict, seq_len: int, batch_size: int, max_batches: int | None = None, doc_mask: bool = True
+    source: SourceSpec | dict | OpenSource, seq_len: int, batch_size: int, max_batches: int | None = None,
+    doc_mask: bool = True,
 ) -> list[dict]:
     """Fixed batches of the source's held-out documents (store order, windowed, best-fit packed over all of them).
 
     Every next-token target of every held-out document appears exactly once (up to `max_batches`); the last batch
     may have fewer than `batch_size` rows.
     """
-    spec = source if isinstance(source, SourceSpec) else SourceSpec.model_validate(source)
-    stores = _open_stores([spec])
-    store = stores[0]
-    held = store.split(spec.heldout_fraction, spec.min_heldout_docs).heldout
+    (opened,) = open_sources([source])
+    store = opened.store
     packer = Packer(seq_len, "best_fit")
-    for d in held.tolist():
+    for d in opened.split.heldout.tolist():
         n = int(store.lengths[d])
         if n >= 2:
             for start, length in windows(n, seq_len):
@@ -245,6 +227,6 @@ def heldout_batches(
     while len(packer) and (max_batches is None or len(batches) < max_batches):
         rows.append(packer.next_row())
         if len(rows) == batch_size or not len(packer):
-            batches.append(_rows_to_batch(rows, stores, seq_len, doc_mask))
+            batches.append(_rows_to_batch(rows, [store], seq_len, doc_mask))
             rows = []
     return batches

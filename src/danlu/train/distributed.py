@@ -7,6 +7,7 @@ logs, evaluates to files and writes checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -107,3 +108,17 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast when `precision` is "bf16" (fp32 master weights stay fp32), else a no-op context."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def grad_sync(model: torch.nn.Module, enabled: bool):
+    """Skip the gradient all-reduce on accumulation micro-batches before the last (DDP no_sync / FSDP2)."""
+    if hasattr(model, "no_sync"):
+        return contextlib.nullcontext() if enabled else model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(enabled)
+    return contextlib.nullcontext()

@@ -7,7 +7,7 @@ import math
 import torch
 
 from danlu.train.distributed import DistInfo, all_reduce_sum, unwrap
-from danlu.train.loop import autocast
+from danlu.train.distributed import autocast
 from danlu.train.objectives import Objective
 
 

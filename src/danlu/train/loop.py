@@ -8,18 +8,17 @@ position, so a resumed run sees exactly the batches the uninterrupted run would 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Protocol
 
 import torch
 
 from danlu.train.checkpoint import checkpoints, load_checkpoint, remove_after, save_checkpoint
 from danlu.train.config import SpikeConfig
-from danlu.train.distributed import DistInfo, all_reduce_sum, barrier
+from danlu.train.distributed import DistInfo, all_reduce_sum, autocast, barrier, grad_sync
 from danlu.train.objectives import Objective
 from danlu.train.spikes import SpikeDetector
 
@@ -38,6 +37,7 @@ class LoopConfig:
     progress: bool = True
     flops_per_token: float = 0.0  # for MFU (estimate.flops_per_token)
     peak_flops: float = 0.0  # per process (estimate.measure_peak_flops)
+    checkpoint_assets: Optional[Path] = None  # files copied into every checkpoint (a tokenizer folder)
 
 
 @dataclass
@@ -54,45 +54,43 @@ class LoopState:
                 "skipped": list(self.skipped), "detector": self.detector, "verified": self.verified}
 
 
-class Stream(Iterator[dict]):
-    """What the loop needs from a batch stream (danlu.train.batches.PackedBatches is one)."""
+class Stream(Protocol):
+    """What the loop needs from a batch stream (danlu.train.batches.PackedBatches is one): endless batches of
+    tensors, and a JSON-able position to resume from."""
+
+    def __next__(self) -> dict: ...
 
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
 
 
-def autocast(precision: str, device: torch.device):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def _grad_sync(model: torch.nn.Module, enabled: bool):
-    """Skip the gradient all-reduce on accumulation micro-batches before the last (DDP no_sync / FSDP2)."""
-    if hasattr(model, "no_sync"):
-        return contextlib.nullcontext() if enabled else model.no_sync()
-    if hasattr(model, "set_requires_gradient_sync"):
-        model.set_requires_gradient_sync(enabled)
-    return contextlib.nullcontext()
+Sink = Callable[[dict], None]  # receives every metrics dict the loop produces (danlu.train.harness.MetricsSink)
 
 
 def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, stream: Stream,
           objective: Objective, cfg: LoopConfig, info: DistInfo = DistInfo(), *,
           checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None,
-          log: Optional[Callable[[dict], None]] = None, tb: Any = None,
-          evaluate: Optional[Callable[[torch.nn.Module], dict]] = None) -> dict:
+          sink: Optional[Sink] = None,
+          evaluate: Optional[Callable[[torch.nn.Module], dict]] = None,
+          meta: Optional[dict] = None,
+          on_resume: Optional[Callable[[torch.optim.Optimizer, object], None]] = None) -> dict:
     """Run optimizer steps until cfg.max_steps; returns a summary (losses per step, spikes, throughput).
 
-    `log` receives metric dicts (rank 0 only; e.g. Run.log_metrics), `tb` is a TensorBoard SummaryWriter,
-    `evaluate(model)` returns {name: value} held-out metrics (called on every process)."""
+    `sink` receives every metrics dict: {"step", "loss", ...} per logged step, {"event": "eval", ...} after each
+    evaluation, {"event": "spike", ...} per spike (rank 0 only); `evaluate(model)` returns {name: value}
+    held-out metrics (called on every process); `meta` (the run's settings) is kept in every checkpoint;
+    `on_resume(optimizer, scheduler)` runs after a checkpoint is restored (to apply a setting changed since)."""
     state = LoopState()
     detector = SpikeDetector(cfg.spikes)
     if resume_from is not None:
         saved = load_checkpoint(resume_from, model, optimizer, scheduler)
+        if on_resume is not None:
+            on_resume(optimizer, scheduler)
         stream.load_state_dict(saved["stream"])
         state = LoopState(**saved["loop"])
         detector.load_state_dict(state.detector)
-    emit = log if (log is not None and info.is_main) else None
-    tb = tb if info.is_main else None
+    emit = sink if info.is_main else None
     losses: dict[int, float] = {}
     evals: dict = {}
 
@@ -103,6 +101,10 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, s
     t_last, tokens_last, tokens_start = time.perf_counter(), state.tokens, state.tokens
     t_start = t_last
     paused = 0.0  # seconds spent evaluating and checkpointing, left out of the throughput
+    extra = objective.metrics  # the objective's own figures (MetricSums), averaged over each logging window
+    window: dict[str, list[torch.Tensor]] = {}
+    if extra is not None:
+        extra.take()  # drop what a call before training (the step-time probe) added
     model.train()
     while state.step < cfg.max_steps:
         micro = [{k: v.to(info.device, non_blocking=True) for k, v in next(stream).items()}
@@ -112,19 +114,21 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, s
         n_tokens = sum(b["input_ids"].numel() for b in micro) * info.world_size
         loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
         for i, batch in enumerate(micro):
-            with _grad_sync(model, i == len(micro) - 1), autocast(cfg.precision, info.device):
+            with grad_sync(model, i == len(micro) - 1), autocast(cfg.precision, info.device):
                 loss = objective.loss_sum(model, batch)
             # DDP/FSDP average gradients over processes; scale so the result is sum / items of the whole step
             (loss * (info.world_size / n_items.clamp(min=1))).backward()
             loss_sum += loss.detach().double()
         step_loss = float(all_reduce_sum(loss_sum) / n_items.clamp(min=1))
+        step_extra = extra.take() if extra is not None else {}  # a spike's step is dropped with its figures
 
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
         if detector.is_spike(step_loss) or not math.isfinite(grad_norm):
             optimizer.zero_grad(set_to_none=True)
+            window.clear()  # figures of steps a rollback discards
             _on_spike(state, detector, step_loss if math.isfinite(grad_norm) else float("nan"), cfg, model,
-                      optimizer, scheduler, checkpoint_dir, emit, info)
+                      optimizer, scheduler, checkpoint_dir, emit, info, on_resume)
             bar.n = state.step
             bar.refresh()
             continue
@@ -136,6 +140,11 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, s
         state.step += 1
         state.tokens += n_tokens
         losses[state.step] = step_loss
+        for name, (total, count) in step_extra.items():
+            acc = window.setdefault(name, [torch.zeros((), dtype=torch.float64, device=total.device),
+                                           torch.zeros((), dtype=torch.float64, device=total.device)])
+            acc[0] += total
+            acc[1] += count
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}")
 
@@ -147,26 +156,24 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, s
             m = {"step": state.step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
                  "tokens": state.tokens, "tokens_per_s": round(tps, 1), "train_s": round(now - t_start, 3)}
             if cfg.flops_per_token and cfg.peak_flops:
-                m["mfu"] = round(tps * cfg.flops_per_token / (cfg.peak_flops * info.world_size), 4)
+                m["mfu"] = round(min(1.0, tps * cfg.flops_per_token / (cfg.peak_flops * info.world_size)), 4)
+            if window:  # every process holds the same names (MetricSums' contract): one all-reduce for all
+                names = sorted(window)
+                sums = all_reduce_sum(torch.stack([torch.stack(window[k]) for k in names]).to(info.device))
+                m.update({k: float(s / c) for k, (s, c) in zip(names, sums.tolist()) if c > 0})
+                window = {}
             if emit:
                 emit(m)
-            if tb is not None:
-                for k in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
-                    if k in m:
-                        tb.add_scalar(f"train/{k}", m[k], state.step)
         t_pause = time.perf_counter()
         if evaluate is not None and ((cfg.eval_every and state.step % cfg.eval_every == 0) or last):
             evals = evaluate(model)
             model.train()
             if emit:
                 emit({"step": state.step, "event": "eval", **evals})
-            if tb is not None:
-                for k, v in evals.items():
-                    tb.add_scalar(k, v, state.step)
         if checkpoint_dir is not None and ((cfg.save_every and state.step % cfg.save_every == 0) or last):
             state.detector = detector.state_dict()
             save_checkpoint(checkpoint_dir, state.step, model, optimizer, scheduler, stream.state_dict(),
-                            state.to_dict(), info, cfg.keep_last)
+                            state.to_dict(), info, cfg.keep_last, meta=meta, assets=cfg.checkpoint_assets)
         paused += time.perf_counter() - t_pause
     bar.close()
     elapsed = time.perf_counter() - t_start - paused
@@ -177,7 +184,7 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, s
 
 
 def _on_spike(state: LoopState, detector: SpikeDetector, loss: float, cfg: LoopConfig, model, optimizer,
-              scheduler, checkpoint_dir, emit, info: DistInfo) -> None:
+              scheduler, checkpoint_dir, emit, info: DistInfo, on_resume=None) -> None:
     """Roll back to the newest checkpoint known good and skip the batches seen since (the stream is not rewound).
 
     A checkpoint at step c is known good once the loss at step c+1 (computed with its weights) was accepted,
@@ -197,6 +204,8 @@ def _on_spike(state: LoopState, detector: SpikeDetector, loss: float, cfg: LoopC
     else:
         step, path = good[-1]
         saved = load_checkpoint(path, model, optimizer, scheduler)
+        if on_resume is not None:  # a checkpoint from before a resume carries the settings changed since
+            on_resume(optimizer, scheduler)
         if info.is_main:
             remove_after(checkpoint_dir, step)
         barrier()

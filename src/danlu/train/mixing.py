@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pydantic import Field, model_validator
 
 from danlu.config import StrictModel
-from danlu.train.store import HELDOUT_FRACTION, MIN_HELDOUT_DOCS, TokenStore
+from danlu.train.store import HELDOUT_FRACTION, MIN_HELDOUT_DOCS
 
 
 class SourceSpec(StrictModel):
@@ -35,14 +35,6 @@ class SourceSpec(StrictModel):
         if self.store is None and self.tokens is None:
             raise ValueError(f"source '{self.name}': give 'store' (a token store folder) or 'tokens'")
         return self
-
-    def available_tokens(self) -> int:
-        """Training tokens in the source (held-out documents excluded)."""
-        if self.tokens is not None:
-            return int(self.tokens)
-        store = TokenStore(self.store)
-        split = store.split(self.heldout_fraction, self.min_heldout_docs)
-        return int(store.lengths[split.train].sum())
 
 
 @dataclass
@@ -94,17 +86,22 @@ def normalised_weights(sources: list[SourceSpec]) -> list[float]:
 
 
 def plan(
-    sources: list[SourceSpec], total_tokens: int, max_domain_ratio: float = 0.15, max_epochs: float = 4.0
+    sources: list, total_tokens: int, max_domain_ratio: float = 0.15, max_epochs: float = 4.0
 ) -> Plan:
-    """Per source: tokens available, weight, tokens to train and epochs, for a run of `total_tokens` tokens."""
+    """Per source: tokens available, weight, tokens to train and epochs, for a run of `total_tokens` tokens.
+    `sources`: SourceSpecs with a token count (planning ahead) or a store, or danlu.train.sources.OpenSource."""
+    from danlu.train.sources import OpenSource, open_sources
+
+    available = [s.train_tokens if isinstance(s, OpenSource) else s.tokens if s.tokens is not None
+                 else open_sources([s])[0].train_tokens for s in sources]
+    sources = [s.spec if isinstance(s, OpenSource) else s for s in sources]
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise ValueError(f"source names must be unique, got {names}")
     weights = normalised_weights(sources)
     rows = []
     warnings = []
-    for s, w in zip(sources, weights):
-        avail = s.available_tokens()
+    for s, w, avail in zip(sources, weights, available):
         train = round(w * total_tokens)
         if avail == 0 and train > 0:
             raise ValueError(f"source '{s.name}' has no training tokens but weight {s.weight}")

@@ -106,12 +106,11 @@ class Packer:
             self.add(tuple(p))
 
 
-def pack(
-    lengths: Iterable[int], seq_len: int, method: Method = "best_fit", buffer_size: int = 256
-) -> list[list[Piece]]:
-    """Pack documents of these lengths (windowed when too long) into rows; source 0, doc = position in `lengths`."""
+def pack_pieces(pieces: Iterable[Piece], seq_len: int, method: Method = "best_fit",
+                buffer_size: int = 256) -> list[list[Piece]]:
+    """Rows of `pieces` (in arrival order, each at most seq_len long), packed over a buffer of `buffer_size`."""
     packer = Packer(seq_len, method)
-    pieces = ((0, d, s, n) for d, length in enumerate(lengths) for s, n in windows(length, seq_len))
+    pieces = iter(pieces)
     rows: list[list[Piece]] = []
     exhausted = False
     while True:
@@ -125,3 +124,11 @@ def pack(
         if not row:
             return rows
         rows.append(row)
+
+
+def pack(
+    lengths: Iterable[int], seq_len: int, method: Method = "best_fit", buffer_size: int = 256
+) -> list[list[Piece]]:
+    """Pack documents of these lengths (windowed when too long) into rows; source 0, doc = position in `lengths`."""
+    pieces = ((0, d, s, n) for d, length in enumerate(lengths) for s, n in windows(length, seq_len))
+    return pack_pieces(pieces, seq_len, method, buffer_size)

@@ -3,11 +3,13 @@
 - A Transform rewrites text: `apply(text) -> text`. For SFT records it runs on each message's content.
 - A Filter judges a record: `judge(text) -> reason or None` (None keeps it). For SFT records `text` is all
   message contents joined by blank lines; `judge_record` can look at the record itself (roles, answers).
+  Its `granularity` says what it judges in a long document: "section" (each section on its own, and only the
+  failing sections go: see sections.py) or "document" (the whole text: length limits, SFT checks).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from rapidfuzz.distance import Indel, Levenshtein
 
@@ -31,6 +33,7 @@ class Transform(Step):
 
 class Filter(Step):
     kind: ClassVar[str] = "filter"
+    granularity: Literal["section", "document"] = "section"
 
     def judge(self, text: str) -> str | None:
         raise NotImplementedError

@@ -1,7 +1,9 @@
 """Language identification with lingua (its models ship in the wheel: no download).
 
 The detector is restricted to `languages` (fewer candidates = faster and fewer confusions) and built once per
-process per language set. Only the first `sample_chars` characters are classified.
+process per language set. Only the first `sample_chars` characters of prose are classified: fenced code is
+left out (a shell snippet has no natural language), and a text with fewer than `min_letters` letters of prose
+passes (nothing to tell a language from; char_ratio judges symbol soup).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from danlu.data.clean.base import Filter
+from danlu.data.clean.markdown import code_spans
+from danlu.data.clean.textstats import LETTER, class_counts
 
 
 @functools.lru_cache(maxsize=4)
@@ -39,6 +43,7 @@ class LangId(Filter):
     keep: list[str] = Field(default_factory=lambda: ["chinese", "english"])
     min_confidence: float = 0.0
     sample_chars: int = 2000
+    min_letters: int = Field(20, ge=0)
 
     @field_validator("languages", "keep")
     @classmethod
@@ -46,9 +51,13 @@ class LangId(Filter):
         return [_check_language(n) for n in names]
 
     def judge(self, text: str) -> str | None:
-        sample = text[: self.sample_chars]
-        if not sample.strip():
+        if not text.strip():
             return "no text to identify"
+        for s, e in reversed(code_spans(text)):
+            text = text[:s] + text[e:]
+        sample = text[: self.sample_chars]
+        if int(class_counts(sample)[LETTER]) < max(self.min_letters, 1):
+            return None
         det = detector(tuple(sorted(set(self.languages) | set(self.keep))))
         if self.min_confidence > 0:
             best = det.compute_language_confidence_values(sample)[0]

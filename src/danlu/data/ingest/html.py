@@ -65,6 +65,14 @@ def _join_soft_breaks(soup) -> None:
         s.replace_with(NavigableString(joined))
 
 
+def _strip_space_after_breaks(soup) -> None:
+    """A line after <br> starts with its first character: the newline or blanks after the tag are not text."""
+    for br in soup.find_all("br"):
+        nxt = br.next_sibling
+        if type(nxt) is NavigableString and not any(p.name in ("pre", "textarea") for p in br.parents):
+            nxt.replace_with(NavigableString(nxt.lstrip()))
+
+
 def _flatten_admonitions(soup) -> None:
     """DocBook note/tip/warning layout tables -> a blockquote that starts with the admonition's title."""
     for div in soup.find_all("div", class_=lambda c: c in _ADMONITIONS):
@@ -99,6 +107,7 @@ def html_to_markdown(html: str) -> tuple[str, str]:
         el.decompose()
     _flatten_admonitions(soup)
     _join_soft_breaks(soup)
+    _strip_space_after_breaks(soup)
     body = soup.body or soup
     md = _Converter(
         heading_style="ATX",

@@ -8,16 +8,12 @@ A rerun after a kill reuses those and reads again only the files that were cheap
 from __future__ import annotations
 
 import gzip
-import multiprocessing
 import os
 import pickle
 import shutil
 import time
 import zlib
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from concurrent.futures.process import BrokenProcessPool
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
@@ -25,13 +21,16 @@ from typing import Callable, Iterable, Iterator, Literal
 from pydantic import Field
 from tqdm import tqdm
 
-from danlu.config import StrictModel
+from danlu.config import StrictModel, build_config
+from danlu.data.executor import Executor, ExecutorFields
 from danlu.data.ingest.base import Options
 from danlu.data.ingest.errors import IngestFailure, SkipFile
 from danlu.data.ingest.formats import check_name, detect_format, reader
-from danlu.jsonl import JsonlWriter
+from danlu.jsonl import JsonlWriter, walk_files
+from danlu.names import display
 from danlu.records import document, stable_id
-from danlu.runs import atomic_path, start_run
+from danlu.runs import atomic_path, counts, reason_key, start_run
+from danlu.workers import ItemFailed
 
 DOCUMENTS = "documents.jsonl"
 REJECTS = "rejects.jsonl"
@@ -41,21 +40,21 @@ RESUME_DIR = ".resume"
 RESUME_MIN_SECONDS = 0.5
 
 
-class IngestConfig(StrictModel):
+class IngestConfig(ExecutorFields):  # workers: reader processes (0: one per CPU core); executor, address
     inputs: list[str]
     out: str
-    source: str | None = None
-    text_field: str = "text"
-    ocr: Literal["auto", "off", "force"] = "auto"
-    workers: int | None = None
-    file_timeout: float | None = Field(FILE_TIMEOUT_S, gt=0)  # per file, with 2+ workers; None: no limit
+    source: str | None = None  # corpus name of every record (default: the input folder's name)
+    text_field: str = "text"  # the field/column holding the text in jsonl/json/csv
+    ocr: Literal["auto", "off", "force"] = "auto"  # OCR for PDF pages without a text layer
+    file_timeout: float = Field(FILE_TIMEOUT_S, ge=0)  # seconds per file (with 2+ workers); 0: no limit
 
 
 @dataclass
 class FileTask:
-    path: str  # absolute path on disk
+    path: str  # absolute path on disk (a name that is not UTF-8 stays as os gives it: see danlu.names)
     rel: str  # path relative to the input it was found under (recorded in the document)
     source: str
+    problem: str = ""  # set for an entry that is not read (a symlink loop...): it is listed as skipped
 
 
 @dataclass
@@ -75,29 +74,24 @@ class FileOutcome:
 
 def discover(inputs: Iterable[str | Path], source: str | None = None, exclude: str | Path | None = None
              ) -> list[FileTask]:
-    """Every file under the inputs, sorted within each input; hidden folders and `exclude` (the output folder)
-    are not entered, a file met twice is taken once. Two inputs that give the same (source, relative path)
-    keep ids apart by prefixing the input folder's name. A missing input is an error, not an empty import."""
+    """Every file under the inputs, sorted within each input; symlinked folders are followed, and a link that
+    is not (a loop, or a folder read anyway) becomes a task that is reported as skipped with the reason. Hidden
+    folders and `exclude` (the output folder) are not entered, a file met twice is taken once. Two inputs that
+    give the same (source, relative path) keep ids apart by prefixing the input folder's name. A missing input is an error, not an empty import."""
     tasks: list[FileTask] = []
     seen_files: set[str] = set()
     seen_names: set[tuple[str, str]] = set()
-    skip_dir = Path(exclude).resolve() if exclude else None
     for inp in map(Path, inputs):
         if not inp.exists() and not inp.is_symlink():
-            raise FileNotFoundError(f"{inp}: no such file or folder")
+            raise FileNotFoundError(f"{display(inp)}: no such file or folder")
         root = inp.resolve() if inp.is_dir() else inp.absolute().parent
         name = source or root.name or "corpus"
         if inp.is_dir():
-            files = []
-            for dirpath, dirnames, filenames in os.walk(inp, followlinks=False):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                                     and Path(dirpath, d).resolve() != skip_dir)
-                files.extend(Path(dirpath, f) for f in filenames)
-            files.sort(key=lambda p: p.relative_to(inp).as_posix())
-            pairs = [(p, p.relative_to(inp).as_posix()) for p in files]
+            pairs = [(f.path, f.path.relative_to(inp).as_posix(), f.problem or "")
+                     for f in walk_files(inp, exclude=exclude, hidden_files=True)]
         else:
-            pairs = [(inp, inp.name)]
-        for p, rel in pairs:
+            pairs = [(inp, inp.name, "")]
+        for p, rel, problem in pairs:
             key = str(p.absolute())
             if key in seen_files:
                 continue
@@ -108,7 +102,7 @@ def discover(inputs: Iterable[str | Path], source: str | None = None, exclude: s
                 while (name, rel) in seen_names:
                     rel, n = f"{root.name}.{n}/{rel.split('/', 1)[1]}", n + 1
             seen_names.add((name, rel))
-            tasks.append(FileTask(key, rel, name))
+            tasks.append(FileTask(key, rel, name, problem))
     return tasks
 
 
@@ -133,6 +127,8 @@ def process_file(task: FileTask, opts: Options) -> FileOutcome:
     t0 = time.perf_counter()
     out = FileOutcome(task.rel, task.source, "failed")
     try:
+        if task.problem:
+            raise SkipFile(task.problem)
         if Path(task.rel).name.startswith("."):
             raise SkipFile("hidden file")
         check_name(Path(task.rel.removesuffix(".gz").removesuffix(".GZ")))  # before reading a video into memory
@@ -163,59 +159,17 @@ def _process_star(args: tuple[FileTask, Options]) -> FileOutcome:
     return process_file(*args)
 
 
-def _isolated(task: FileTask, opts: Options, fn: Callable = _process_star) -> FileOutcome:
-    """Read one file in a process of its own, so a reader that crashes the interpreter (a native library
-    fault on a hostile PDF) costs that file only."""
-    ctx = multiprocessing.get_context("forkserver")
-    try:
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            return pool.submit(fn, (task, opts)).result()
-    except BrokenProcessPool:
-        return FileOutcome(task.rel, task.source, "failed", reason="the reader process crashed on this file "
-                           "(a native library fault: the file is probably corrupt)")
-
-
-def _outcomes(tasks: list[FileTask], opts: Options, workers: int, fn: Callable = _process_star,
+def _outcomes(tasks: list[FileTask], opts: Options, workers: int | Executor, fn: Callable = _process_star,
               timeout: float | None = None) -> Iterator[FileOutcome]:
-    """Outcomes in task order; in a process pool when there is more than one worker (even for one file: the pool
-    is what isolates crashes and enforces the timeout).
-    At most a few files per worker are in flight, so a slow file never makes finished ones pile up in memory.
-    In the pool, a file whose reader runs past `timeout` seconds (counted from when it is waited for) fails
-    and its stuck worker is stopped; the run goes on."""
-    if workers <= 1:
-        for t in tasks:
-            yield fn((t, opts))
-        return
-    # forkserver: workers start from a clean process, so a parent that already runs threads (torch) is safe.
-    ctx = multiprocessing.get_context("forkserver")
-    window = workers * 4
-    done = 0
-    while done < len(tasks):
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-        pending: deque = deque()
-        submitted = done
-        try:
-            while done < len(tasks):
-                while submitted < len(tasks) and len(pending) < window:
-                    pending.append(pool.submit(fn, (tasks[submitted], opts)))
-                    submitted += 1
-                outcome = pending.popleft().result(timeout=timeout)
-                done += 1
-                yield outcome
-        except FutureTimeout:
-            # The executor has no public way to stop a running task: end its worker processes, then go on
-            # with a new pool (the other files in flight are submitted again).
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                proc.terminate()
-            yield FileOutcome(tasks[done].rel, tasks[done].source, "failed", seconds=timeout,
-                              reason=f"reading took longer than {timeout:g}s (file_timeout); the reader was stopped")
-            done += 1
-        except BrokenProcessPool:
-            # A worker died. The next file in order was in flight: retry it alone, then go on with a new pool.
-            yield _isolated(tasks[done], opts, fn)
-            done += 1
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+    """Outcomes in task order, through an executor (`workers`: a local worker count, or an Executor). Locally
+    with 2+ workers each file is isolated: a reader that crashes or runs past `timeout` seconds fails that
+    file only, and the run goes on; on Ray a reader that kills its worker fails that file only."""
+    ex = workers if isinstance(workers, Executor) else Executor("local", workers)
+    for (task, _), outcome in ex.map(fn, [(t, opts) for t in tasks], timeout=timeout):
+        if isinstance(outcome, ItemFailed):
+            outcome = FileOutcome(task.rel, task.source, "failed", seconds=timeout if outcome.timed_out else 0.0,
+                                  reason=f"the reader {outcome.reason}" + (" (file_timeout)" if outcome.timed_out else ""))
+        yield outcome
 
 
 def _resume_key(task: FileTask, opts: Options) -> str:
@@ -226,7 +180,7 @@ def _resume_key(task: FileTask, opts: Options) -> str:
     return stable_id(task.path, task.rel, task.source, st.st_size, st.st_mtime_ns, opts.text_field, opts.ocr, length=32)
 
 
-def _resumable(tasks: list[FileTask], opts: Options, workers: int, cache: Path, resumed: list[int],
+def _resumable(tasks: list[FileTask], opts: Options, workers: int | Executor, cache: Path, resumed: list[int],
                timeout: float | None) -> Iterator[FileOutcome]:
     """`_outcomes` in task order, reusing the kept outcomes of an interrupted run and keeping the slow new ones."""
     keys = [_resume_key(t, opts) for t in tasks]
@@ -249,43 +203,40 @@ def _new_format_stats() -> dict:
             "seconds": 0.0, "pages": 0, "ocr_pages": 0}
 
 
-def ingest(
-    inputs: list[str | Path] | str | Path,
-    out: str | Path,
-    *,
-    source: str | None = None,
-    text_field: str = "text",
-    ocr: str = "auto",
-    workers: int | None = None,
-    file_timeout: float | None = FILE_TIMEOUT_S,
-    progress: bool = True,
-) -> dict:
+def ingest(inputs: list[str | Path] | str | Path, out: str | Path, *, sets: Iterable[str] = (),
+           progress: bool = True, force: bool = False, **options) -> dict:
     """Import documents from files/folders into OUT/documents.jsonl; returns the report (also OUT/report.json).
-
-    `source` names the corpus in every record (default: the name of each input folder, or of a file's folder);
-    `text_field` is the field/column holding the text in jsonl/json/csv; `ocr` is auto|off|force;
-    `file_timeout` stops a reader stuck on one file for that many seconds (with 2+ workers).
-    """
+    `options` are IngestConfig's fields (source, text_field, ocr, workers, executor, address, file_timeout);
+    `sets` are `--set key=value` overrides; `force` takes over an output folder that another stage wrote."""
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
-    cfg = IngestConfig(inputs=[str(p) for p in inputs], out=str(out), source=source, text_field=text_field,
-                       ocr=ocr, workers=workers, file_timeout=file_timeout)
+    cfg = build_config(IngestConfig, fields=dict(options, inputs=[str(p) for p in inputs], out=str(out)), sets=sets,
+                       source="data ingest")
     tasks = discover(cfg.inputs, cfg.source, exclude=out)
-    n_workers = max(1, cfg.workers or os.cpu_count() or 1)
-    run = start_run(out, "ingest", cfg)
-    run.log.info("%d input files, %d workers, ocr=%s", len(tasks), n_workers, cfg.ocr)
+    timeout = cfg.file_timeout or None
+    ex = Executor.from_options(cfg)
+    run = start_run(out, "ingest", cfg, force=force)
     opts = Options(text_field=cfg.text_field, ocr=cfg.ocr)
+    with ex:
+        run.log.info("%d input files, %s, ocr=%s", len(tasks), ex.describe(), cfg.ocr)
+        return _ingest(tasks, opts, ex, timeout, run, cfg, progress)
+
+
+def _ingest(tasks: list[FileTask], opts: Options, ex: Executor, timeout: float | None, run, cfg: IngestConfig,
+            progress: bool) -> dict:
+    """The import itself, with the run folder open and the executor started."""
 
     by_format: dict[str, dict] = {}
     failed, skipped, bad_records = [], [], []
-    counts = {"in": len(tasks), "written": 0, "skipped": 0, "failed": 0}
-    totals = {"records": 0, "chars": 0, "bytes": 0, "pages": 0, "ocr_pages": 0, "bad_records": 0}
+    outcome_reasons: dict[str, Counter] = {"skipped": Counter(), "failed": Counter()}
+    totals = {"records": 0, "characters": 0, "bytes": 0, "pages": 0, "ocr_pages": 0, "bad_records": 0}
+    recovered: dict[str, Counter] = {}  # format -> fallback -> files read by a reader's fallback (meta.recovered)
+    recovered_examples: list[dict] = []
     bar = tqdm(total=len(tasks), unit="file", desc="ingest", disable=not progress, dynamic_ncols=True)
     resumed = [0]
     with JsonlWriter(run.path(DOCUMENTS)) as writer, JsonlWriter(run.path(REJECTS)) as rejects:
-        for o in _resumable(tasks, opts, n_workers, run.path(RESUME_DIR), resumed, cfg.file_timeout):
+        for o in _resumable(tasks, opts, ex, run.path(RESUME_DIR), resumed, timeout):
             bar.update(1)
-            counts[o.status] += 1
             stats = by_format.setdefault(o.format or "unknown", _new_format_stats())
             stats["files"] += 1
             stats[o.status] += 1
@@ -295,6 +246,7 @@ def ingest(
             if o.status != "written":
                 entry = {"path": o.rel, "source": o.source, "format": o.format, "status": o.status, "reason": o.reason}
                 (failed if o.status == "failed" else skipped).append(entry)
+                outcome_reasons[o.status][reason_key(o.reason.split(":", 1)[0])] += 1
                 rejects.write(entry)
                 run.log.info("%s %s: %s", o.status, o.rel, o.reason)
                 continue
@@ -302,10 +254,16 @@ def ingest(
             for rec in o.records:
                 writer.write(rec)
                 chars += len(rec["text"])
+            how = (o.records[0].get("meta") or {}).get("recovered") if o.records else None
+            if how:
+                for fb in how.get("fallbacks") or ["noted"]:
+                    recovered.setdefault(o.format, Counter())[fb] += 1
+                if len(recovered_examples) < REPORT_LIST_MAX:
+                    recovered_examples.append({"path": o.rel, "format": o.format, **how})
             for key, value in (("records", len(o.records)), ("chars", chars), ("pages", o.pages),
                                ("ocr_pages", o.ocr_pages)):
                 stats[key] += value
-                totals[key] += value
+                totals["characters" if key == "chars" else key] += value
             for line, reason in o.bad_lines:
                 entry = {"path": o.rel, "source": o.source, "format": o.format, "status": "bad_record",
                          "line": line, "reason": reason}
@@ -317,19 +275,29 @@ def ingest(
     shutil.rmtree(run.path(RESUME_DIR), ignore_errors=True)  # the run is complete: nothing left to resume
     if resumed[0]:
         run.log.info("resumed: %d file outcomes reused from an interrupted run", resumed[0])
-    # Every input file is accounted for exactly once.
-    assert counts["in"] == counts["written"] + counts["skipped"] + counts["failed"], counts
     for stats in by_format.values():
         stats["seconds"] = round(stats["seconds"], 3)
+    written = sum(st["written"] for st in by_format.values())
     report = {
+        # every input file is written, skipped (never a document) or failed (with the error)
+        "counts": counts(len(tasks), written, outcome_reasons["skipped"], outcome_reasons["failed"], unit="files"),
+        "headline": ["records", "characters", "bad_records", "ocr_pages"],
         "inputs": cfg.inputs,
         "output": DOCUMENTS,
-        "files": counts,
         "files_resumed": resumed[0],
         **totals,
         "by_format": dict(sorted(by_format.items())),
         "failed": failed,
         "skipped": skipped,
         "bad_record_examples": bad_records,
+        "recovered": {fmt: dict(c) for fmt, c in sorted(recovered.items())},
+        "recovered_examples": recovered_examples,
+        "executor": ex.describe(),
     }
+    n_rec = sum(sum(c.values()) for c in recovered.values())
+    if n_rec:
+        report["warnings"] = [f"{n_rec} file(s) were not to the letter of their format and were read by a fallback ("
+                              + "; ".join(f"{fmt}: " + ", ".join(f"{k} {v}" for k, v in c.items())
+                                          for fmt, c in sorted(recovered.items()))
+                              + "): see recovered_examples in report.json and each record's meta.recovered"]
     return run.finish(report)

@@ -82,7 +82,7 @@ def read_jsonl(data: bytes, path, opts) -> ReadResult:
         try:
             parsed.append((lineno, json.loads(line)))
         except json.JSONDecodeError as e:
-            bad.append((lineno, f"invalid JSON: {e.msg} at column {e.colno}"))
+            bad.append((lineno, f"invalid JSON at column {e.colno}: {e.msg}"))
     docs, not_records = _collect(parsed, opts.text_field)
     return _finish(docs, sorted(bad + not_records), enc, "line")
 
@@ -92,7 +92,7 @@ def read_json(data: bytes, path, opts) -> ReadResult:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise IngestFailure(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise IngestFailure(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     docs, bad = _collect(enumerate(obj if isinstance(obj, list) else [obj]), opts.text_field)
     return _finish(docs, bad, enc, "item")
 
