@@ -80,11 +80,22 @@ def test_the_report_renders_offline_with_its_plots(build):
         plots = page.evaluate("""() => [...document.querySelectorAll('.plot svg')].map(s => {
             const r = s.getBoundingClientRect(); return [r.width, r.height, s.querySelectorAll('path').length]; })""")
         headings = page.evaluate("() => [...document.querySelectorAll('h2')].map(h => h.textContent)")
+        answers = page.evaluate("""() => { const h = [...document.querySelectorAll('h2')]
+                .find(h => h.textContent === 'Sample answers');
+            const t = h.nextElementSibling;
+            return [...t.querySelectorAll('tr')].map(r => [...r.children].map(c => c.textContent)); }""")
         browser.close()
     assert requests == [page_file.as_uri()]  # nothing but the page itself
     assert len(plots) >= 2 and all(w > 200 and h > 100 and n > 10 for w, h, n in plots), plots
-    for section in ("Data", "Training", "Evaluation", "Compared with the previous build", "Model card"):
+    for section in ("Data", "Training", "Evaluation", "Sample answers", "Comparisons", "Model card"):
         assert section in headings, headings
+    # the fine-tuned model answers in the chat format: a classification prompt gets a label letter alone, where
+    # the pretrained model only continues the text
+    head, rows = answers[0], answers[1:]
+    col = {name: i for i, name in enumerate(head)}
+    labels = [r for r in rows if r[col["task_type"]] == "classify/risk"]
+    assert labels and any(r[col["ops: answer"]] in ("A", "B") for r in labels), answers
+    assert not any(r[col["pretrain: answer"]] in ("A", "B") for r in labels), answers
 
 
 @pytest.mark.slow

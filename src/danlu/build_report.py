@@ -58,9 +58,15 @@ def _fmt(v) -> str:
     return esc(str(v))
 
 
+def _cell(v) -> str:
+    """A table cell: numbers right-aligned (class n), text left-aligned."""
+    number = isinstance(v, (int, float)) and not isinstance(v, bool)
+    return f"<td class='n'>{_fmt(v)}</td>" if number else f"<td>{_fmt(v)}</td>"
+
+
 def _table(head: list[str], rows: list[list]) -> str:
     th = "".join(f"<th>{esc(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(_cell(c) for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
@@ -193,7 +199,14 @@ def _eval_section(reports: dict[str, dict]) -> str:
     return ("<h2>Evaluation</h2>" + "\n".join(out)) if out else ""
 
 
+def _interval(row: dict) -> str:
+    ci = row.get("ci")
+    return f"[{ci[0]:+.3g}, {ci[1]:+.3g}]" if ci else ""
+
+
 def _compare_section(reports: dict[str, dict], folders: dict[str, Path], max_cases: int = 10) -> str:
+    """Each comparison (a model vs the one it was trained from, a model vs the previous build): its table of
+    deltas with paired bootstrap intervals and McNemar's p, and the cases that moved most, with their texts."""
     out = []
     for n, r in reports.items():
         if r.get("suite") != "compare":
@@ -202,24 +215,49 @@ def _compare_section(reports: dict[str, dict], folders: dict[str, Path], max_cas
         names = " vs ".join(x["name"] for x in doc.get("runs", []))
         for suite, results in doc.get("suites", {}).items():
             for res in results:
-                rows = [[x["group"], x["metric"], x.get("a"), x.get("b"), x.get("delta"),
-                         x.get("interval", "") if not isinstance(x.get("interval"), list)
-                         else f"[{x['interval'][0]:.3g}, {x['interval'][1]:.3g}]", x.get("p_value", "")]
-                        for x in res.get("rows", [])]
+                rows = [[x["group"], x["metric"], x.get("a"), x.get("b"), x.get("delta"), _interval(x),
+                         x.get("mcnemar_p", ""), "yes" if x.get("significant") else ""] for x in res.get("rows", [])]
                 out.append(f"<h3>{esc(n)}: {esc(suite)} ({esc(names)})</h3>"
-                           + _table(["group", "metric", "before", "after", "delta", "95% interval", "p"], rows))
+                           + _table(["group", "metric", "before", "after", "delta", "95% interval", "McNemar p",
+                                     "significant"], rows))
         cases = []
         try:
             cases = [json.loads(x) for x in (folders[n] / "cases.jsonl").read_text(encoding="utf-8").splitlines()]
         except OSError:
             pass
         if cases:
-            rows = [[c.get("suite", ""), c.get("id", ""), c.get("metric", ""), c.get("a", ""), c.get("b", ""),
-                     str(c.get("prompt") or c.get("question") or "")[:120]] for c in cases[:max_cases]]
-            out.append("<h3>Cases that changed most</h3>"
-                       + _table(["suite", "id", "metric", "before", "after", "prompt"], rows))
+            def shown(c: dict, side: str, key: str) -> str:
+                return str((c.get(f"{side}_show") or {}).get(key) or "")[:160]
+
+            rows = [[c.get("suite", ""), c.get("metric", ""), c.get("a", ""), c.get("b", ""),
+                     shown(c, "b", "prompt") or shown(c, "a", "prompt"), shown(c, "b", "reference"),
+                     shown(c, "a", "answer"), shown(c, "b", "answer")] for c in cases[:max_cases]]
+            out.append(f"<h3>{esc(n)}: the cases that changed most</h3>"
+                       + _table(["suite", "metric", "before", "after", "prompt", "reference", "before: answer",
+                                 "after: answer"], rows))
         out += [f"<p class='warn'>warning: {esc(w)}</p>" for w in r.get("warnings", [])]
-    return ("<h2>Compared with the previous build</h2>" + "\n".join(out)) if out else ""
+    return ("<h2>Comparisons</h2>" + "\n".join(out)) if out else ""
+
+
+def _answers_section(reports: dict[str, dict], folders: dict[str, Path], per_task: int = 2) -> str:
+    """What each evaluated model answered to the same test prompts (a few per task_type): the chat format
+    a fine-tuned model learned shows here, next to the reference."""
+    runs = {n.split("/")[0]: folders[n] / "answers.jsonl" for n, r in reports.items()
+            if r.get("stage") == "eval-gen" and (folders[n] / "answers.jsonl").is_file()}
+    if not runs:
+        return ""
+    answers = {name: {a["id"]: a for a in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+               for name, path in runs.items()}
+    first = next(iter(answers.values()))
+    picked, seen = [], {}
+    for rid, a in first.items():
+        if seen.get(a["task_type"], 0) < per_task and all(rid in other for other in answers.values()):
+            seen[a["task_type"]] = seen.get(a["task_type"], 0) + 1
+            picked.append(rid)
+    rows = [[first[rid]["task_type"], first[rid]["messages"][-1]["content"][:160], first[rid]["reference"][:160],
+             *[answers[name][rid]["answer"][:160] for name in answers]] for rid in picked]
+    return ("<h2>Sample answers</h2>"
+            + _table(["task_type", "prompt", "reference", *[f"{name}: answer" for name in answers]], rows))
 
 
 def _model_card(reports: dict[str, dict], folders: dict[str, Path]) -> str:
@@ -242,9 +280,11 @@ def _model_card(reports: dict[str, dict], folders: dict[str, Path]) -> str:
             + esc(json.dumps(lineage.get("config", {}), ensure_ascii=False, indent=1)) + "</pre>")
 
 
-STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+# system fonts only (no web fonts: the page makes no request); CJK families first where the machine has them
+STYLE = ("body{font-family:'Noto Sans CJK SC','Source Han Sans SC','WenQuanYi Zen Hei','PingFang SC',"
+         "'Microsoft YaHei',sans-serif;max-width:1200px;margin:2em auto;color:#222}"
          "table{border-collapse:collapse;margin:0.5em 0 1em}td,th{border:1px solid #ccc;padding:2px 8px;"
-         "text-align:right;font-size:13px}td:first-child,th:first-child{text-align:left}"
+         "text-align:left;font-size:13px;vertical-align:top}td.n{text-align:right}"
          ".warn{color:#a50}.plot svg{max-width:100%;height:auto}pre{font-size:11px;background:#f6f6f6;"
          "padding:8px;overflow:auto;max-height:400px}")
 
@@ -266,7 +306,8 @@ def write_report(out: str | Path, steps: list[dict], title: str = "danlu build")
                 name = s["step"].removeprefix("eval ")
                 reports[f"{name}/{suite}"], folders[f"{name}/{suite}"] = sr, Path(sub)
     body = [f"<h1>{esc(title)}</h1>", _steps_section(steps), _data_section(reports), _mix_section(reports),
-            _training_section(reports, folders), _eval_section(reports), _compare_section(reports, folders),
+            _training_section(reports, folders), _eval_section(reports), _answers_section(reports, folders),
+            _compare_section(reports, folders),
             _model_card(reports, folders)]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>" + esc(title) + "</title><style>" + STYLE
             + "</style></head><body>" + "\n".join(b for b in body if b) + "</body></html>")
