@@ -536,7 +536,7 @@ def main() -> int:
     for name, rs in results.items():
         if rs and name.startswith("danlu"):
             r = rs[0]
-            print(f"{name}: report.json stream.pad_fraction {r['report_pad_fraction']:.1%} (per-row rounding) vs "
+            print(f"{name}: report.json stream.pad_fraction {r['report_pad_fraction']:.1%} vs "
                   f"{1 - r['real'] / r['positions']:.1%} of the positions its batches held; danlu's own val loss "
                   f"{r['own_val_loss']:.4f} (its packed validation rows); loop clock {r['train_s']:.1f}s, observer "
                   f"{r['loop_s']:.1f}s")

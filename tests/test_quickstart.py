@@ -2,8 +2,8 @@
 
 Checks: every step's report is complete and its counts add up; the SFT model beats the pretrained one on the SFT
 test set, per task_type; the build report renders in a real headless browser with its plots drawn and makes no
-request; a second run skips every step; changing the SFT learning rate reruns SFT, its evaluation, the compares
-and the report only.
+request; the chat command the build prints works on its run folder; a second run skips every step; changing
+the SFT learning rate reruns SFT, its evaluation, the compares and the report only.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from danlu.cli import app
 from danlu.pipeline import run_pipeline
 from danlu.runs import check_counts, read_report
 
@@ -96,6 +98,18 @@ def test_the_report_renders_offline_with_its_plots(build):
     labels = [r for r in rows if r[col["task_type"]] == "classify/risk"]
     assert labels and any(r[col["ops: answer"]] in ("A", "B") for r in labels), answers
     assert not any(r[col["pretrain: answer"]] in ("A", "B") for r in labels), answers
+
+
+@pytest.mark.slow
+def test_the_printed_chat_command_talks_to_the_fine_tuned_run(build):
+    """`danlu chat runs/quickstart/sft/ops`, as the build prints it: the run folder, not its model/ inside."""
+    question = ("Is the command `rm -rf /var/cache/apt` read-only, or does it change the system? "
+                "Answer with one letter: A for read-only, B for changes.")
+    result = CliRunner().invoke(app, ["chat", str(build["out"] / "sft" / "ops"), "--temperature", "0"],
+                                input=f"{question}\n/exit\n")
+    assert result.exit_code == 0, result.output
+    replies = [line.removeprefix(">").strip() for line in result.output.splitlines()]  # after the "> " prompt
+    assert "A" in replies or "B" in replies, result.output
 
 
 @pytest.mark.slow

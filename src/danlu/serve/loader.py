@@ -69,12 +69,12 @@ def load_model(path: str | Path, *, base: str | None = None, dtype: str = "auto"
 
     from danlu.tokenizer.chat import chat_template
 
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such model folder")
+    from danlu.model.adapters import model_folder
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{path}: no such model folder")
+    folder = model_folder(path)  # a danlu training run: its model/
     is_adapter = (folder / "adapter_config.json").exists()
-    if not is_adapter and not (folder / "config.json").exists():
-        raise FileNotFoundError(f"{folder}: not a Hugging Face model folder (no config.json or adapter_config.json)")
     base_path = adapter_base(folder, base) if is_adapter else None
     weights_dir = base_path or folder
     tok_dir = folder if any((folder / m).exists() for m in TOKENIZER_MARKERS) else weights_dir
@@ -100,7 +100,7 @@ def load_model(path: str | Path, *, base: str | None = None, dtype: str = "auto"
         if max_model_len > limit:
             raise ValueError(f"max_model_len {max_model_len} exceeds the model's max_position_embeddings {limit}")
         limit = max_model_len
-    return LoadedModel(model=model, tokenizer=tokenizer, template=template, name=name or folder.name,
+    return LoadedModel(model=model, tokenizer=tokenizer, template=template, name=name or Path(path).name,
                        path=str(folder), base_path=str(base_path) if base_path else None, max_model_len=limit,
                        eos_token_ids=eos_token_ids(model, tokenizer))
 

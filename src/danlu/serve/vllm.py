@@ -25,11 +25,12 @@ NO_VLLM_EQUIVALENT = ("max_prompt_tokens", "max_tokens", "max_concurrent", "max_
 
 def vllm_args(cfg: ServeConfig, template_dir: str | Path | None = None) -> tuple[list[str], list[str]]:
     """vLLM server arguments for `cfg`, and warnings for settings vLLM has no flag for."""
+    from danlu.model.adapters import model_folder
     from danlu.serve.loader import adapter_base
     from danlu.tokenizer.chat import DEFAULT_CHAT_TEMPLATE, chat_template
 
-    folder = Path(cfg.model)
-    name = cfg.served_model_name or folder.name
+    folder = model_folder(cfg.model)  # a danlu training run: its model/
+    name = cfg.served_model_name or Path(cfg.model).name
     adapter = (folder / "adapter_config.json").exists()
     weights = adapter_base(folder, cfg.base) if adapter else folder
     args = ["--model", str(weights), "--host", cfg.host, "--port", str(cfg.port), "--dtype", cfg.dtype,
