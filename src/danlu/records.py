@@ -152,13 +152,10 @@ def task_type_problem(record: dict) -> str | None:
 def sft_problem(record: dict, strict: bool = False) -> str | None:
     """Structure (non-empty messages, known roles, string contents); `strict` (what SFT training needs) adds
     a task_type, tags as a list of strings, the role order, and non-empty assistant answers."""
-    messages = record.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return "field 'messages' must be a non-empty list"
-    for i, m in enumerate(messages):
-        problem = message_problem(m, f"messages[{i}]")
-        if problem:
-            return problem
+    problem = _messages_problem(record, "field 'messages' must be a non-empty list")
+    if problem:
+        return problem
+    messages = record["messages"]
     if not strict:
         return None
     problem = task_type_problem(record)
@@ -207,16 +204,21 @@ def turn_order_problem(messages: list[dict], prompt_only: bool = False) -> str |
     return None
 
 
-def _prompt_problem(record: dict) -> str | None:
-    """The prompt turns of a preference or KTO record: a non-empty list of valid messages."""
+def _messages_problem(record: dict, empty: str) -> str | None:
+    """`record["messages"]`: a non-empty list (else `empty`) of valid messages."""
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
-        return "field 'messages' (the prompt turns) must be a non-empty list"
+        return empty
     for i, m in enumerate(messages):
         problem = message_problem(m, f"messages[{i}]")
         if problem:
             return problem
     return None
+
+
+def _prompt_problem(record: dict) -> str | None:
+    """The prompt turns of a preference or KTO record."""
+    return _messages_problem(record, "field 'messages' (the prompt turns) must be a non-empty list")
 
 
 def _answer_problem(record: dict, field: str, strict: bool) -> str | None:
