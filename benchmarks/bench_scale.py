@@ -3,11 +3,15 @@
 
     .venv/bin/python benchmarks/bench_scale.py [--corpus /work/notes/debian-corpus] [--scales 1,4,16]
         [--where local1,local2,ray2] [--stages ingest,clean,chunk,stats,tokenize] [--work DIR]
+    .venv/bin/python benchmarks/bench_scale.py --table            # the table of every run so far
+    .venv/bin/python benchmarks/bench_scale.py --dedup-docs 250000,1000000   # dedup memory per document
+    .venv/bin/python benchmarks/bench_scale.py --driver-io WORK/16x.jsonl    # the driver's own MB/s
 
 What is measured: every stage run is the `danlu data ...` command in a child process (the CLI's start-up and,
 for Ray, starting and stopping the stage's own Ray instance are part of its wall time). MB/s = MB of the
-stage's input (files for ingest, JSONL for the rest) / wall seconds. Memory: "driver" is ru_maxrss of the stage's
-process (from wait4: the largest single process of its tree, which is the driver, where dedup runs); "tree" is
+stage's input (files for ingest, JSONL for the rest) / wall seconds. Memory: "max proc" is ru_maxrss from wait4,
+the largest single process of the stage's tree (with one local worker: the driver, where dedup runs; with more,
+the driver or a worker, whichever was larger; with Ray the processes Ray starts are not waited for); "tree" is
 the peak of the summed RSS of the stage's process and all its descendants (workers, Ray's raylet, GCS and
 workers), sampled every 0.2 s (shared pages count once per process, so it overstates a forked pool a little).
 "load" is the 1-minute load average when the run ended: above ~2 on this 2-core machine something else was
@@ -20,8 +24,9 @@ neither exact nor near duplicates and every copy is cleaned like real text. The 
 (--preset pretrain) on Nx, chunk on clean.jsonl, stats and tokenize on chunks.jsonl; the outputs of each
 configuration are compared (sha256) with local 1 worker, which checks that the three executors agree at scale.
 
-Results go to WORK/results.jsonl (one line per run) and every invocation prints the table of all of them, so a
-grid can be run in parts (e.g. one scale per invocation under `flock /work/notes/cpu.lock`). Run it on a quiet
+Results go to WORK/results.jsonl (one line per run) and every invocation prints the table of all of them (wall:
+the median of a cell's runs; memory: its latest run; load: each run's), so a grid can be run in parts and
+repeated (e.g. one scale per invocation under `flock /work/notes/cpu.lock`). Run it on a quiet
 machine: two busy cores make every figure noisy.
 """
 
@@ -40,12 +45,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
 DANLU = [str(Path(sys.executable).with_name("danlu"))]
 WHERE = {"local1": ["--workers", "1"], "local2": ["--workers", "2"], "ray2": ["--executor", "ray", "--workers", "2"]}
 STAGES = ["ingest", "clean", "chunk", "stats", "tokenize"]
 PERTURB = 0.10  # share of letters replaced in a copy
-OUTPUTS = {"ingest": ["documents.jsonl", "rejects.jsonl"], "clean": ["clean.jsonl", "rejects.jsonl", "duplicates.jsonl"],
+OUTPUTS = {"ingest": ["documents.jsonl", "rejects.jsonl"],
+           "clean": ["clean.jsonl", "rejects.jsonl", "duplicates.jsonl"],
            "chunk": ["chunks.jsonl"], "stats": [], "tokenize": []}
 
 
@@ -104,13 +109,26 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
+# A child's ru_maxrss starts at its parent's RSS (Linux keeps the high-water mark across exec), so the stage is
+# started by this small launcher, not by the benchmark process, whose RSS would be counted in every stage's.
+LAUNCH = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def measure(cmd: list[str], log: Path, cwd: Path) -> dict:
     """Run `cmd`; wall seconds, ru_maxrss (MB) and the peak summed RSS of its process tree (MB)."""
     peak = [0]
+    rss_file = log.with_suffix(".maxrss")
     with open(log, "w") as f:
         t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd,
-                                env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        proc = subprocess.Popen([sys.executable, "-S", "-c", LAUNCH, str(rss_file), *cmd], stdout=f,
+                                stderr=subprocess.STDOUT, cwd=cwd, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
         done = threading.Event()
 
         def sample():
@@ -119,14 +137,15 @@ def measure(cmd: list[str], log: Path, cwd: Path) -> dict:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)
+        rc = proc.wait()
         wall = time.perf_counter() - t
         done.set()
         sampler.join()
-    rc = os.waitstatus_to_exitcode(status)
     if rc:
         raise SystemExit(f"{' '.join(cmd)} failed ({rc}); see {log}:\n{log.read_text()[-3000:]}")
-    return {"s": wall, "driver_mb": usage.ru_maxrss / 1024, "tree_mb": max(peak[0], usage.ru_maxrss * 1024) / 2**20}
+    maxrss = int(rss_file.read_text()) / 1024
+    rss_file.unlink()
+    return {"s": wall, "driver_mb": maxrss, "tree_mb": max(peak[0] / 2**20, maxrss)}
 
 
 def digest(folder: Path, names: list[str]) -> str:
@@ -199,38 +218,49 @@ def run_grid(args) -> None:
                 m = measure(stage_cmd(stage, inp, out, tok) + WHERE[where], out.with_suffix(".log"), work)
                 row = {"scale": scale, "where": where, "stage": stage, "mb": round(input_mb(inp), 2),
                        "s": round(m["s"], 2), "driver_mb": round(m["driver_mb"]), "tree_mb": round(m["tree_mb"]),
-                       "digest": digest(out, OUTPUTS[stage]), "load": round(os.getloadavg()[0], 1), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                       "digest": digest(out, OUTPUTS[stage]), "rss": "launcher",
+                       "load": round(os.getloadavg()[0], 1), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 with open(results, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(f"{scale}x {where:<7}{stage:<9}{row['mb']:>8.1f} MB {row['s']:>7.1f} s "
-                      f"{row['mb'] / row['s']:>6.2f} MB/s  driver {row['driver_mb']} MB  tree {row['tree_mb']} MB",
+                      f"{row['mb'] / row['s']:>6.2f} MB/s  max proc {row['driver_mb']} MB  tree {row['tree_mb']} MB",
                       flush=True)
             shutil.rmtree(run / "tokenize", ignore_errors=True)  # the largest output; its digest is kept
     print_table(results)
 
 
 def print_table(results: Path) -> None:
-    rows: dict[tuple, dict] = {}
+    """One line per (stage, scale, where): the median wall time of its runs, memory from its latest run."""
+    cells: dict[tuple, list[dict]] = {}
     for line in results.read_text().splitlines():
         r = json.loads(line)
-        rows[(r["stage"], r["scale"], r["where"])] = r  # the latest run of each cell
+        cells.setdefault((r["stage"], r["scale"], r["where"]), []).append(r)
     order = {s: i for i, s in enumerate(STAGES)}
     wh = {w: i for i, w in enumerate(WHERE)}
-    print(f"\n{'stage':<9}{'scale':>6} {'where':<8}{'input MB':>9}{'wall s':>8}{'MB/s':>7}{'driver MB':>10}"
-          f"{'tree MB':>9}{'load':>6}  same as local1")
+    rows = {}
+    for key, runs in cells.items():
+        measured = [r for r in runs if r.get("rss") == "launcher"]  # earlier runs counted the parent's RSS
+        last = (measured or runs)[-1]
+        rows[key] = {**last, "s": float(np.median([r["s"] for r in runs])), "runs": len(runs),
+                     "loads": "/".join(str(r.get("load", "?")) for r in runs),
+                     "digests": {r["digest"] for r in runs}, "mem_ok": bool(measured)}
+    print(f"\n{'stage':<9}{'scale':>6} {'where':<8}{'input MB':>9}{'wall s':>8}{'MB/s':>7}{'max proc MB':>12}"
+          f"{'tree MB':>9}  runs  load        same as local1")
     for key in sorted(rows, key=lambda k: (order[k[0]], k[1], wh[k[2]])):
         r = rows[key]
-        ref = rows.get((r["stage"], r["scale"], "local1"), {}).get("digest")
-        same = "-" if not r["digest"] or not ref or r["where"] == "local1" else ("yes" if r["digest"] == ref else "NO")
+        ref = rows.get((r["stage"], r["scale"], "local1"), {}).get("digests")
+        same = "-" if r["where"] == "local1" or not ref else ("yes" if r["digests"] == ref else "NO")
+        mem = f"{r['driver_mb']:>12}{r['tree_mb']:>9}" if r["mem_ok"] else f"{'?':>12}{'?':>9}"
         print(f"{r['stage']:<9}{str(r['scale']) + 'x':>6} {r['where']:<8}{r['mb']:>9.1f}{r['s']:>8.1f}"
-              f"{r['mb'] / r['s']:>7.2f}{r['driver_mb']:>10}{r['tree_mb']:>9}{r.get('load', '?'):>6}  {same}")
-    clean = {(k[1], k[2]): v for k, v in rows.items() if k[0] == "clean"}
+              f"{r['mb'] / r['s']:>7.2f}{mem}  {r['runs']:>4}  {r['loads']:<11} {same}")
+    clean = {(k[1], k[2]): v for k, v in rows.items() if k[0] == "clean" and v["mem_ok"]}
     for where in WHERE:
         scales = sorted(s for s, w in clean if w == where)
         if len(scales) > 1:
             lo, hi = clean[(scales[0], where)], clean[(scales[-1], where)]
-            print(f"clean driver memory {where}: {lo['driver_mb']} MB at {scales[0]}x -> {hi['driver_mb']} MB at "
-                  f"{scales[-1]}x ({hi['driver_mb'] / lo['driver_mb']:.2f}x for {scales[-1] // scales[0]}x the data)")
+            print(f"clean peak memory (max proc) {where}: {lo['driver_mb']} MB at {scales[0]}x -> {hi['driver_mb']} "
+                  f"MB at {scales[-1]}x ({hi['driver_mb'] / lo['driver_mb']:.2f}x for {scales[-1] // scales[0]}x "
+                  "the data)")
 
 
 def dedup_child(n: int) -> None:
@@ -273,12 +303,41 @@ def dedup_memory(sizes: list[int]) -> None:
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = runs[-1]
         print(f"dedup of {n:>9,} documents: held {r['held_mb'] - r['base_mb']:>7.0f} MB, peak "
-              f"{r['peak_mb'] - r['base_mb']:>7.0f} MB over the {r['base_mb']:.0f} MB baseline, clustering {r['s']:.1f} s")
+              f"{r['peak_mb'] - r['base_mb']:>7.0f} MB over the {r['base_mb']:.0f} MB baseline, "
+              f"clustering {r['s']:.1f} s")
     if len(runs) > 1:
         a, b = runs[0], runs[-1]
         dn = b["n"] - a["n"]
         print(f"dedup per document: held {(b['held_mb'] - a['held_mb']) * 2**20 / dn:.0f} B, peak "
               f"{(b['peak_mb'] - a['peak_mb']) * 2**20 / dn:.0f} B, clustering {(b['s'] - a['s']) / dn * 1e6:.1f} us")
+
+
+def driver_io(src: Path) -> None:
+    """What the driver alone costs per MB: read and parse the records and write them back (one pass, as a stage's
+    driver does), and a pickle round trip of batches (what goes to and comes back from workers)."""
+    import pickle
+    import tempfile
+
+    from danlu.jsonl import JsonlWriter
+    from danlu.records import read_records
+
+    mb = input_mb(src)
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        with JsonlWriter(Path(d) / "copy.jsonl") as w:
+            for _, _, rec, _ in read_records([src], "auto"):
+                w.write(rec)
+        rw = time.perf_counter() - t
+    t = time.perf_counter()
+    batch = []
+    for _, _, rec, _ in read_records([src], "auto"):
+        batch.append(rec)
+        if len(batch) == 200:
+            pickle.loads(pickle.dumps(batch, protocol=5))
+            batch = []
+    rp = time.perf_counter() - t
+    print(f"driver on {src.name} ({mb:.1f} MB): read+write {rw:.1f} s = {mb / rw:.1f} MB/s; "
+          f"read+pickle round trip {rp:.1f} s = {mb / rp:.1f} MB/s")
 
 
 def main() -> None:
@@ -292,7 +351,12 @@ def main() -> None:
     ap.add_argument("--dedup-docs", default="", help="only measure dedup's memory per document at these sizes "
                     "(e.g. 250000,1000000)")
     ap.add_argument("--dedup-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--driver-io", default="", help="only measure the driver's own read/write/pickle MB/s on this "
+                    "JSONL")
     args = ap.parse_args()
+    if args.driver_io:
+        driver_io(Path(args.driver_io))
+        return
     if args.dedup_child:
         dedup_child(args.dedup_child)
         return

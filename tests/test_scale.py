@@ -250,6 +250,56 @@ def test_the_cli_takes_workers_and_executor(local_one, corpus, tmp_path, small_b
     assert result.exit_code != 0 and "--executor ray" in str(result.exception)
 
 
+
+def test_every_data_command_takes_the_executor_flags(local_one, tok, tmp_path, ray_session):
+    """chunk, tokenize, stats and ingest from the CLI on Ray (the test's session) write what one local worker
+    wrote through the Python API, and say where they ran."""
+    docs = tmp_path / "clean.jsonl"
+    docs.write_bytes(local_one["clean/clean.jsonl"])
+    ray_flags = ["--executor", "ray", "--workers", "2"]
+    commands = {
+        "chunk": ["chunk", str(docs), "--tokenizer", str(tok), "--max-tokens", "64", "--no-progress"],
+        "tokens": ["tokenize", str(tmp_path / "chunk" / "chunks.jsonl"), "--tokenizer", str(tok), "--shard-mb", "0.01"],
+        "stats": ["stats", str(tmp_path / "chunk" / "chunks.jsonl"), "--tokenizer", str(tok), "--set", "html=false"],
+        "ingest": ["ingest", str(tmp_path / "chunk" / "chunks.jsonl"), "--no-progress"],
+    }
+    for name, args in commands.items():
+        result = CliRunner().invoke(app, ["data", args[0], "-o", str(tmp_path / name), *args[1:], *ray_flags])
+        assert result.exit_code == 0, f"{name}: {result.output}"
+        assert json.loads((tmp_path / name / "report.json").read_text())["executor"]["executor"] == "ray"
+    assert (tmp_path / "chunk" / "chunks.jsonl").read_bytes() == local_one["chunk/chunks.jsonl"]
+    shards = {k: v for k, v in _outputs(tmp_path / "tokens").items() if not k.endswith(".json")}
+    assert shards and shards == {k[len("tokens/"):]: v for k, v in local_one.items()
+                                 if k.startswith("tokens/") and not k.endswith(".json")}
+    stats_report = json.loads((tmp_path / "stats" / "report.json").read_text())
+    want = json.loads(local_one["stats/report.json"])
+    for key in ("counts", "characters", "tokens", "per_source", "duplicates"):
+        assert stats_report[key] == want[key], key
+
+
+def test_danlu_run_takes_the_executor_without_rerunning_or_changing_anything(corpus, tok, tmp_path, ray_session):
+    """`executor:` in a recipe reaches every data step; switching it (local 1 worker -> Ray) reruns nothing,
+    since the outputs are the same wherever they are made; an address without `executor: ray` fails up front."""
+    import yaml
+
+    from danlu.pipeline import run_pipeline
+
+    recipe = tmp_path / "build.yaml"
+    recipe.write_text(yaml.safe_dump({"out": str(tmp_path / "out"), "report": False,
+                                      "sources": [{"name": "ops", "paths": [str(corpus)]}],
+                                      "tokenizer": {"path": str(tok)}, "chunk": {"max_tokens": 64},
+                                      "executor": {"workers": 2}}))
+    first = run_pipeline(recipe, progress=False, echo=lambda s: None)
+    assert {s["status"] for s in first} == {"ran"}
+    for step in ("ingest/ops", "clean/ops", "chunk/ops", "tokens/ops", "stats"):
+        assert json.loads((tmp_path / "out" / step / "report.json").read_text())["executor"] == \
+            {"executor": "local", "workers": 2}, step
+    again = run_pipeline(recipe, progress=False, echo=lambda s: None, sets=["executor.executor=ray"])
+    assert {s["status"] for s in again} == {"skipped"}
+    with pytest.raises(ConfigError, match="executor.executor: ray"):
+        run_pipeline(recipe, progress=False, echo=lambda s: None, sets=["executor.address=auto"])
+
+
 # --- dedup from keys alone ---------------------------------------------------------------------------------
 
 

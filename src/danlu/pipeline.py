@@ -24,6 +24,7 @@ from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from danlu.config import ConfigError, StrictModel, build_config, load_yaml, validate
 from danlu.data.chunk import ChunkOptions
+from danlu.data.executor import ExecutorFields
 from danlu.names import display, safe_name
 from danlu.pipeline_runner import CACHE, Step, run_steps
 from danlu.runs import read_report
@@ -108,6 +109,9 @@ class Pipeline(StrictModel):
     dpo: list[TuneStep] = Field(default_factory=list)  # preference stages, after the SFT stages
     eval: Optional[EvalStep] = None
     report: bool = True  # write OUT/report.html
+    # where the data steps run (ingest, clean, chunk, tokenize, stats): local workers or a Ray cluster. Not part
+    # of any step's fingerprint: the outputs are the same wherever they are made.
+    executor: ExecutorFields = ExecutorFields()
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Pipeline":
@@ -125,6 +129,9 @@ class Pipeline(StrictModel):
             raise ValueError("an SFT stage has a 'dpo' section: preference stages go under 'dpo:'")
         if self.pretrain is not None and not self.sources:
             raise ValueError("pretraining needs 'sources'")
+        if self.executor.address and self.executor.executor != "ray":
+            raise ValueError(f"executor.address {self.executor.address!r} is for the Ray executor: add "
+                             "executor.executor: ray")
         return self
 
 
@@ -158,16 +165,17 @@ def build_steps(p: Pipeline, progress: bool = True, summary: list[dict] | None =
     from danlu.data.ingest import ingest
 
     out = Path(p.out)
+    where = p.executor.model_dump()
     steps: list[Step] = []
     cleaned: dict[str, Path] = {}
     for s in p.sources:
         ing, cln = out / "ingest" / s.name, out / "clean" / s.name
         steps.append(Step(f"ingest {s.name}", ing, _call(ingest, s.paths, ing, source=s.name,
-                                                          text_field=s.text_field, progress=progress),
+                                                          text_field=s.text_field, progress=progress, **where),
                           config=s.model_dump(include={"name", "paths", "text_field"}),  # not weight/domain
                           inputs=[Path(x) for x in s.paths], outputs=["documents.jsonl"]))
         steps.append(Step(f"clean {s.name}", cln, _call(clean, [ing / "documents.jsonl"], cln, preset=p.clean.preset,
-                                                         config=p.clean.config, progress=progress),
+                                                         config=p.clean.config, progress=progress, **where),
                           config=p.clean.model_dump(), inputs=[ing] + ([Path(p.clean.config)] if p.clean.config else []),
                           outputs=["clean.jsonl"]))  # what the next steps read; rejects and review.html they do not
         cleaned[s.name] = cln / "clean.jsonl"
@@ -201,6 +209,7 @@ def _data_steps(p: Pipeline, out: Path, cleaned: dict[str, Path], steps: list[St
     from danlu.data.tokenize import tokenize
     from danlu.tokenizer.train import train_tokenizer
 
+    where = p.executor.model_dump()
     if p.tokenizer.path:
         tok = Path(p.tokenizer.path)
     else:
@@ -214,18 +223,19 @@ def _data_steps(p: Pipeline, out: Path, cleaned: dict[str, Path], steps: list[St
         if p.chunk.enabled:
             ch = out / "chunk" / name
             steps.append(Step(f"chunk {name}", ch, _call(chunk, [path], ch, tokenizer=tok, progress=progress,
-                                                          **p.chunk.model_dump(exclude={"enabled"})),
+                                                          **p.chunk.model_dump(exclude={"enabled"}), **where),
                               config=p.chunk.model_dump(), inputs=[path.parent, tok], outputs=["chunks.jsonl"]))
             final[name] = ch / "chunks.jsonl"
         else:
             final[name] = path
     for name, path in final.items():
         store = out / "tokens" / name
-        steps.append(Step(f"tokenize {name}", store, _call(tokenize, [path], store, tok, source=name, progress=progress),
+        steps.append(Step(f"tokenize {name}", store, _call(tokenize, [path], store, tok, source=name, progress=progress,
+                                                         **where),
                           inputs=[path.parent, tok], outputs=STORE_OUTPUTS))
 
     st = out / "stats"
-    steps.append(Step("stats", st, _call(stats, list(final.values()), st, tokenizer=tok),
+    steps.append(Step("stats", st, _call(stats, list(final.values()), st, tokenizer=tok, **where),
                       inputs=[f.parent for f in final.values()] + [tok]))
     return tok
 

@@ -20,8 +20,8 @@ WORKERS_HELP = "Worker processes (0: one per CPU core; small inputs run in one).
 
 
 def _executor_option():
-    return typer.Option(None, "--executor", help="Where the work runs: local (a process pool) or ray (Ray Data; "
-                        "pip install 'danlu[ray]'). The outputs are the same.")
+    return typer.Option(None, "--executor", help="Where the work runs: local (a process pool) or ray (Ray tasks "
+                        "on a cluster or a local instance; pip install 'danlu[ray]'). The outputs are the same.")
 
 
 def _address_option():
