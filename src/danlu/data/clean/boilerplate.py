@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import Field
 
 from danlu.data.clean.base import Filter
-from danlu.data.clean.markdown import code_spans
+from danlu.data.clean.markdown import without_code
 from danlu.data.clean.textstats import is_layout
 
 # Site chrome phrases (matched on the lower-cased line), each with an example it must match (tested). They are
@@ -109,9 +109,7 @@ def link_like(line: str) -> bool:
 
 
 def _lines(text: str) -> list[str]:
-    for s, e in reversed(code_spans(text)):
-        text = text[:s] + text[e:]
-    return [ln.strip() for ln in text.split("\n") if ln.strip() and not is_layout(ln)]
+    return [ln.strip() for ln in without_code(text).split("\n") if ln.strip() and not is_layout(ln)]
 
 
 def _chars(line: str) -> int:

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr
 
 from danlu.data.clean.base import Filter
-from danlu.data.clean.markdown import code_spans
+from danlu.data.clean.markdown import without_code
 from danlu.data.clean.textstats import CJK_CLS, DIGIT, LAYOUT_LINES, LEADER_RUN, LETTER, NONSPACE, class_counts, words
 
 
@@ -59,9 +59,7 @@ class CharRatio(Filter):
         if not text.strip():
             return "empty text" if self.min_letter_ratio > 0 else None
         if not self.count_layout:
-            for s, e in reversed(code_spans(text)):
-                text = text[:s] + text[e:]
-            text = LEADER_RUN.sub("", LAYOUT_LINES.sub("", text))
+            text = LEADER_RUN.sub("", LAYOUT_LINES.sub("", without_code(text)))
         counts = class_counts(text)
         n, letters, digits, cjk = (int(counts[k]) for k in (NONSPACE, LETTER, DIGIT, CJK_CLS))
         if not n:

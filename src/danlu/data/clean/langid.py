@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from danlu.data.clean.base import Filter
-from danlu.data.clean.markdown import code_spans
+from danlu.data.clean.markdown import without_code
 from danlu.data.clean.textstats import LETTER, class_counts
 
 
@@ -53,9 +53,7 @@ class LangId(Filter):
     def judge(self, text: str) -> str | None:
         if not text.strip():
             return "no text to identify"
-        for s, e in reversed(code_spans(text)):
-            text = text[:s] + text[e:]
-        sample = text[: self.sample_chars]
+        sample = without_code(text)[: self.sample_chars]
         if int(class_counts(sample)[LETTER]) < max(self.min_letters, 1):
             return None
         det = detector(tuple(sorted(set(self.languages) | set(self.keep))))

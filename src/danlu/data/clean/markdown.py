@@ -8,6 +8,8 @@ slices of the original text can be reassembled exactly; the block grammar we nee
 
 from __future__ import annotations
 
+import functools
+
 import re
 from dataclasses import dataclass
 
@@ -86,6 +88,16 @@ def code_spans(text: str) -> list[tuple[int, int]]:
     if "```" not in text and "~~~" not in text:
         return []
     return [(b.start, b.end) for b in blocks(text) if b.kind == "code"]
+
+
+@functools.lru_cache(maxsize=512)
+def without_code(text: str) -> str:
+    """The text with its fenced code blocks cut out: what the prose filters (character ratios, boilerplate,
+    repetition, language) judge. Cached: those filters judge the same texts (a document, or each of a long
+    document's sections in turn) one after another, and parsing the blocks is most of a short filter's cost."""
+    for s, e in reversed(code_spans(text)):
+        text = text[:s] + text[e:]
+    return text
 
 
 def map_outside_code(text: str, fn) -> str:

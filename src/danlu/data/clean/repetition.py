@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import Field
 
 from danlu.data.clean.base import Filter
-from danlu.data.clean.markdown import code_spans
+from danlu.data.clean.markdown import without_code
 from danlu.data.clean.textstats import is_layout, is_table_row, script_of, words_by_script
 
 _PARA_BREAK = re.compile(r"\n\s*\n")
@@ -162,8 +162,7 @@ class Repetition(Filter):
     def _prose(self, text: str) -> str:
         """The text without fenced code (if ignore_code) and table rows (if ignore_tables)."""
         if self.ignore_code:
-            for s, e in reversed(code_spans(text)):
-                text = text[:s] + text[e:]
+            text = without_code(text)
         if self.ignore_tables:
             text = "\n".join(ln for ln in text.split("\n") if not is_table_row(ln))
         return text
