@@ -132,6 +132,22 @@ class Executor:
         yield from _ray_map(fn, items, window or 2 * _ray_cpus())
 
 
+    def band_join(self, stage: str) -> Callable[[Iterable], Iterator]:
+        """dedup's `pairs` argument: group_pairs over the band partitions through this executor (in this process
+        locally, where pickling the partitions would cost more than grouping them; Ray spreads them). A partition
+        that fails stops `stage` with its size."""
+        from danlu.data.dedup import group_pairs
+
+        def pairs(tasks):
+            for task, result in self.map(group_pairs, tasks, here=True):
+                if isinstance(result, ItemFailed):
+                    raise RuntimeError(f"{stage}: a dedup partition of {len(task[0])} documents failed: "
+                                       f"{result.reason}")
+                yield result
+
+        return pairs
+
+
 # --- Ray --------------------------------------------------------------------------------------------------
 
 

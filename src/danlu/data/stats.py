@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from danlu.config import StrictModel, build_config
-from danlu.data.dedup import DedupKeys, dedup_keys, group_pairs, key_clusters, lsh_clusters, lsh_params
+from danlu.data.dedup import DedupKeys, dedup_keys, key_clusters, lsh_clusters, lsh_params
 from danlu.data.executor import Executor, ExecutorFields, input_bytes
 from danlu.jsonl import BadLine, jsonl_files
 from danlu.records import read_records
@@ -230,7 +230,7 @@ def stats(inputs: str | Path | Iterable[str | Path], out: str | Path, *, tokeniz
 
         docs = len(char_lens)
         exact = np.concatenate([k.exact for k in keys]) if keys else np.zeros((0, 16), dtype=np.uint8)
-        pairs = _band_join(ex)
+        pairs = ex.band_join("stats")
         exact_dups = int((key_clusters(exact, pairs=pairs) != np.arange(docs)).sum())
         dup = {"exact_duplicates": exact_dups, "exact_rate": round(exact_dups / max(docs, 1), 4)}
         if cfg.near_dup and docs:
@@ -277,17 +277,6 @@ def stats(inputs: str | Path | Iterable[str | Path], out: str | Path, *, tokeniz
     if cfg.html:
         write_html(report, run.path("report.html"), char_lens, token_lens, prompt_chars, answer_chars)
     return run.finish(report)
-
-
-def _band_join(ex: Executor):
-    """dedup.group_pairs over band partitions through the executor (here locally; Ray spreads it)."""
-    def pairs(tasks):
-        for task, result in ex.map(group_pairs, tasks, here=True):
-            if isinstance(result, ItemFailed):
-                raise RuntimeError(f"stats: a dedup partition of {len(task[0])} records failed: {result.reason}")
-            yield result
-
-    return pairs
 
 
 def _png(fig) -> str:

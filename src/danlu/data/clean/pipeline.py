@@ -41,7 +41,7 @@ from danlu.data.clean.base import changed_chars
 from danlu.data.clean.config import CleanConfig, ExactDedup, NearDedup, load_clean_config
 from danlu.data.clean.review import Example, Review
 from danlu.data.clean.sections import section_spans
-from danlu.data.dedup import DedupKeys, dedup_keys, group_pairs, key_clusters, lsh_clusters, lsh_params
+from danlu.data.dedup import DedupKeys, dedup_keys, key_clusters, lsh_clusters, lsh_params
 from danlu.data.executor import Executor, ExecutorFields, input_bytes
 from danlu.jsonl import BadLine, JsonlWriter, jsonl_files, read_jsonl
 from danlu.records import dedup_text, read_records, record_id, record_text
@@ -567,7 +567,7 @@ def _run_dedup(survivors: _Survivors, survivors_path: Path, out_dir: Path, steps
     alive = np.arange(len(survivors), dtype=np.int64)
     duplicate_of: dict[int, tuple[int, str]] = {}  # removed index -> (kept index, op)
     charged: dict[int, int] = {}  # removed index -> characters charged
-    join = _band_join(ex)
+    join = ex.band_join("dedup")
     parts = _partitions(ex, len(alive))
     for step, st in zip(steps, stats):
         t = time.perf_counter()
@@ -636,17 +636,6 @@ def _run_dedup(survivors: _Survivors, survivors_path: Path, out_dir: Path, steps
     for w in (kept, dups):
         if w is not None:
             w.close()
-
-
-def _band_join(ex: Executor):
-    """The executor's map of dedup.group_pairs over band partitions (in this process locally; Ray spreads it)."""
-    def pairs(tasks):
-        for task, result in ex.map(group_pairs, tasks, here=True):
-            if isinstance(result, ItemFailed):
-                raise RuntimeError(f"dedup: a band partition of {len(task[0])} documents failed: {result.reason}")
-            yield result
-
-    return pairs
 
 
 def _partitions(ex: Executor, n: int) -> int:
