@@ -131,7 +131,6 @@ class Executor:
             raise RuntimeError("the Ray executor is used outside its `with` block")
         yield from _ray_map(fn, items, window or 2 * _ray_cpus())
 
-
     def band_join(self, stage: str) -> Callable[[Iterable], Iterator]:
         """dedup's `pairs` argument: group_pairs over the band partitions through this executor (in this process
         locally, where pickling the partitions would cost more than grouping them; Ray spreads them). A partition

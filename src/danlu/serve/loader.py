@@ -67,9 +67,8 @@ def load_model(path: str | Path, *, base: str | None = None, dtype: str = "auto"
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from danlu.tokenizer.chat import chat_template
-
     from danlu.model.adapters import model_folder
+    from danlu.tokenizer.chat import chat_template
 
     if not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: no such model folder")
