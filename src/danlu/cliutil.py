@@ -7,8 +7,6 @@ import typer
 from danlu.runs import summary_lines
 
 SET_HELP = "Override a config field, e.g. --set workers=2 (repeatable; see the stage's config for the fields)."
-
-
 FORCE_HELP = "Write into an output folder another stage's run wrote (its report, rejects and config are replaced)."
 
 

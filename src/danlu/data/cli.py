@@ -11,11 +11,10 @@ from typing import List, Optional
 
 import typer
 
-from danlu.cliutil import echo_report, sets_option
+from danlu.cliutil import echo_report, force_option, sets_option
 from danlu.runs import taking_over
 
 app = typer.Typer(no_args_is_help=True)
-FORCE_HELP = "Write into an output folder another stage's run wrote (its report, rejects and config are replaced)."
 WORKERS_HELP = "Worker processes (0: one per CPU core; small inputs run in one). With --executor ray: CPUs of the local Ray instance."
 
 
@@ -47,7 +46,7 @@ def ingest_cmd(
                                                  "on one file; it fails, the run goes on (with 2+ workers; 0: no limit)."),
     set_: List[str] = sets_option(),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    force: bool = force_option(),
 ) -> None:
     """Import documents (txt, md, html, pdf, docx, epub, man pages, jsonl/json/csv) as JSONL document records."""
     from danlu.data.ingest import ingest
@@ -105,7 +104,7 @@ def clean_cmd(
     executor: Optional[str] = _executor_option(),
     address: Optional[str] = _address_option(),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    force: bool = force_option(),
 ) -> None:
     """Normalise, mask PII, filter and deduplicate records; every removal is explained in rejects.jsonl and
     shown by example in review.html. Long documents are judged section by section."""
@@ -131,7 +130,7 @@ def dedup_cmd(
     executor: Optional[str] = _executor_option(),
     address: Optional[str] = _address_option(),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    force: bool = force_option(),
 ) -> None:
     """Only deduplicate (no normalising or filtering): `data clean` with just its dedup steps. Each removed
     record is in rejects.jsonl with the id of the record it duplicates."""
@@ -161,7 +160,7 @@ def chunk_cmd(
     executor: Optional[str] = _executor_option(),
     address: Optional[str] = _address_option(),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    force: bool = force_option(),
 ) -> None:
     """Split long Markdown documents at section boundaries and pack sections up to the token budget."""
     from danlu.data.chunk import chunk
@@ -183,7 +182,7 @@ def stats_cmd(
     workers: Optional[int] = _workers_option(),
     executor: Optional[str] = _executor_option(),
     address: Optional[str] = _address_option(),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    force: bool = force_option(),
 ) -> None:
     """Documents, characters and tokens per source, lengths, duplicates, SFT mix, and corpus-size advice."""
     from danlu.data.stats import stats

@@ -20,8 +20,8 @@ Resume = typer.Option(False, "--resume", help="Continue from the newest checkpoi
 def _train(stage: str, config: Path, out: Optional[Path], resume: bool, sets: list[str], force: bool) -> None:
     """Load the stage's config (a YAML file or a run's config.yaml, then --set), train, print the report."""
     from danlu.config import load_config
-    from danlu.train import config as configs
     from danlu.runs import taking_over
+    from danlu.train import config as configs
     from danlu.train.distributed import shutdown
 
     model_name, module, fn = STAGES[stage]
