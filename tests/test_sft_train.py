@@ -261,3 +261,44 @@ def test_cli_train_sft_with_set_and_export(base, tmp_path):
     r = CliRunner().invoke(app, ["train", "sft", str(tmp_path / "sft.yaml"), "-o", str(tmp_path / "bad"),
                                  "--set", "model.lora.rank=2"])
     assert r.exit_code != 0 and "unknown key 'model.lora.rank' (from --set model.lora.rank=2)" in str(r.exception)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_head_at_target_positions_gives_the_full_logits_loss_and_gradients(tmp_path, lora):
+    """weighted_lm runs the LM head only where a token is a target; its loss and every gradient equal those of
+    the full [rows x width x vocab] logits masked afterwards, and the model is whole again after the step."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from danlu.model.adapters import add_lora
+    from danlu.train.config import LoraConfig
+    from danlu.train.objectives import IGNORE, cross_entropy_sum, lm_logits, weighted_lm
+    from danlu.train.sft_batches import SFTBatches
+    from danlu.train.sft_data import SFTStore, prepare
+
+    folder = tiny_model(tmp_path / "qwen")
+    data = write_jsonl(tmp_path / "mixed.jsonl", mixed_records())
+    tok = AutoTokenizer.from_pretrained(folder)
+    prepare(tmp_path, tok, folder, tok.chat_template, validate(sft_config(folder, data), SFTConfig).data)
+    store = SFTStore(tmp_path / "data" / "train")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    if lora:
+        model = add_lora(model, LoraConfig(r=4), [])
+    batch = next(iter(SFTBatches(store, np.arange(len(store)), np.ones(len(store)), seq_len=256, batch_size=3)))
+
+    def full_logits(m, b):
+        labels = F.pad(b["labels"][:, 1:], (0, 1), value=IGNORE).flatten()
+        weights = F.pad(b["weights"][:, 1:], (0, 1), value=0.0).flatten()
+        return cross_entropy_sum(lm_logits(m, b, doc_mask=True).flatten(0, 1).float(), labels, weights)
+
+    losses, grads = [], []
+    for loss_sum in (full_logits, weighted_lm().loss_sum):
+        model.zero_grad(set_to_none=True)
+        loss = loss_sum(model, batch)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-5)
+    assert grads[0] and grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6), name
+    assert lm_logits(model, batch, doc_mask=True).shape[:2] == batch["input_ids"].shape  # the hook is gone

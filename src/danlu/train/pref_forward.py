@@ -8,26 +8,7 @@ import contextlib
 import numpy as np
 import torch
 
-from danlu.train.objectives import lm_logits, token_cross_entropy
-
-
-@contextlib.contextmanager
-def head_at(model: torch.nn.Module, pred: torch.Tensor):
-    """Within this block the model's LM head runs only on the hidden states at `pred` ([n] flat indices into the
-    [R x W] positions; one may repeat: a shared prompt's last token predicts both answers' first token) and the
-    forward returns [1, n, vocab] logits for those n positions. A preference loss needs the log-prob of the answer
-    tokens only; prompts, padding and the other positions never meet the [hidden x vocab] projection (with a
-    150k vocabulary that head is most of a small model's compute). A forward pre-hook, so the forward still
-    goes through the DDP/FSDP wrapper (gradient sync) and works for any *ForCausalLM that applies its head once
-    to the final hidden states."""
-    from danlu.train.distributed import unwrap
-
-    head = unwrap(model).get_output_embeddings()
-    handle = head.register_forward_pre_hook(lambda module, args: (args[0].flatten(0, 1)[pred][None], *args[1:]))
-    try:
-        yield
-    finally:
-        handle.remove()
+from danlu.train.objectives import head_at, lm_logits, token_cross_entropy
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict) -> torch.Tensor:
