@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 
 from danlu import __version__
-from danlu.cliutil import echo_report, force_option, sets_option
+from danlu.cliutil import force_option, run_stage, sets_option
 from danlu.config import ConfigError
 from danlu.names import display
 from danlu.data.cli import app as data_app
@@ -99,11 +99,8 @@ def score_cmd(
     cfg = build_config(ScoreConfig, load_yaml(config, "score") if config else None,
                        fields={"data": list(data) if data else None, "batch_size": batch_size}, sets=set_,
                        source=config or "<score>")
-    from danlu.runs import taking_over
-
-    with taking_over(force):
-        report = score(model, out, cfg, progress=progress)
-    echo_report(report)
+    
+    run_stage(force, score, model, out, cfg, progress=progress)
 
 
 def _version(value: bool) -> None:

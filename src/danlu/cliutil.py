@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from danlu.runs import summary_lines
+from danlu.runs import summary_lines, taking_over
 
 SET_HELP = "Override a config field, e.g. --set workers=2 (repeatable; see the stage's config for the fields)."
 FORCE_HELP = "Write into an output folder another stage's run wrote (its report, rejects and config are replaced)."
@@ -23,3 +23,12 @@ def echo_report(report: dict) -> None:
     """Print any stage's report (danlu.runs.summary_lines); warnings go to stderr."""
     for line in summary_lines(report):
         typer.echo(line, err=line.startswith("warning:"))
+
+
+def run_stage(force: bool, stage_fn, *args, **kwargs) -> dict:
+    """`stage_fn(*args, **kwargs)`, taking over another stage's run folder when `force` (--force), then its report
+    printed (echo_report); returns the report."""
+    with taking_over(force):
+        report = stage_fn(*args, **kwargs)
+    echo_report(report)
+    return report

@@ -11,8 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from danlu.cliutil import echo_report, force_option, sets_option
-from danlu.runs import taking_over
+from danlu.cliutil import echo_report, force_option, run_stage, sets_option
 
 app = typer.Typer(no_args_is_help=True)
 WORKERS_HELP = "Worker processes (0: one per CPU core; small inputs run in one). With --executor ray: CPUs of the local Ray instance."
@@ -110,11 +109,9 @@ def clean_cmd(
     shown by example in review.html. Long documents are judged section by section."""
     from danlu.data.clean import clean
 
-    with taking_over(force):
-        report = clean(inputs, out, config=config, preset=preset, sets=set_, dry_run=dry_run,
-                       keep_rejected_text=keep_rejected_text, tokenizer=tokenizer, progress=progress,
-                       workers=workers, executor=executor, address=address)
-    echo_report(report)
+    run_stage(force, clean, inputs, out, config=config, preset=preset, sets=set_, dry_run=dry_run,
+              keep_rejected_text=keep_rejected_text, tokenizer=tokenizer, progress=progress,
+              workers=workers, executor=executor, address=address)
 
 
 @app.command("dedup")
@@ -141,10 +138,8 @@ def dedup_cmd(
     near_dedup = {k: v for k, v in (("threshold", threshold), ("ngram", ngram)) if v is not None} or None
     cfg = build_config(DedupConfig, fields=dict(exact=exact, near=near, near_dedup=near_dedup), sets=set_,
                        source="data dedup")
-    with taking_over(force):
-        report = clean(inputs, out, config=cfg.clean_config(), progress=progress, workers=workers,
-                       executor=executor, address=address)
-    echo_report(report)
+    run_stage(force, clean, inputs, out, config=cfg.clean_config(), progress=progress, workers=workers,
+              executor=executor, address=address)
 
 
 @app.command("chunk")
@@ -165,10 +160,8 @@ def chunk_cmd(
     """Split long Markdown documents at section boundaries and pack sections up to the token budget."""
     from danlu.data.chunk import chunk
 
-    with taking_over(force):
-        report = chunk(inputs, out, tokenizer=tokenizer, max_tokens=max_tokens, heading_prefix=heading_prefix,
-                       sets=set_, progress=progress, workers=workers, executor=executor, address=address)
-    echo_report(report)
+    run_stage(force, chunk, inputs, out, tokenizer=tokenizer, max_tokens=max_tokens, heading_prefix=heading_prefix,
+              sets=set_, progress=progress, workers=workers, executor=executor, address=address)
 
 
 @app.command("stats")
@@ -187,10 +180,8 @@ def stats_cmd(
     """Documents, characters and tokens per source, lengths, duplicates, SFT mix, and corpus-size advice."""
     from danlu.data.stats import stats
 
-    with taking_over(force):
-        report = stats(inputs, out, tokenizer=tokenizer, near_dup=near_dup, short_answer_chars=short_answer,
-                       sets=set_, workers=workers, executor=executor, address=address)
-    echo_report(report)
+    run_stage(force, stats, inputs, out, tokenizer=tokenizer, near_dup=near_dup, short_answer_chars=short_answer,
+              sets=set_, workers=workers, executor=executor, address=address)
 
 
 @app.command("verify")

@@ -7,8 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from danlu.cliutil import echo_report, force_option, sets_option
-from danlu.runs import taking_over
+from danlu.cliutil import force_option, run_stage, sets_option
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -29,10 +28,8 @@ def train_cmd(
     """Train a byte-level tokenizer on a corpus and save it as a Hugging Face tokenizer folder."""
     from danlu.tokenizer.train import train_tokenizer
 
-    with taking_over(force):
-        report = train_tokenizer(corpus, out, vocab_size=vocab_size, type=type,
-                                 character_coverage=character_coverage, sets=set_)
-    echo_report(report)
+    run_stage(force, train_tokenizer, corpus, out, vocab_size=vocab_size, type=type,
+              character_coverage=character_coverage, sets=set_)
 
 
 @app.command("expand")
@@ -49,9 +46,8 @@ def expand_cmd(
     """Add a domain tokenizer's new tokens to a base tokenizer (existing ids keep their meaning)."""
     from danlu.tokenizer.expand import expand_tokenizer
 
-    with taking_over(force):
-        report = expand_tokenizer(base, domain, out, max_new=max_new, model=model, model_out=model_out, sets=set_)
-    echo_report(report)
+    report = run_stage(force, expand_tokenizer, base, domain, out, max_new=max_new, model=model, model_out=model_out,
+                       sets=set_)
     if "model" in report:
         m = report["model"]
         typer.echo(f"  model embeddings {m['rows_before']} -> {m['rows_after']} rows -> {m['dir']}")

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from danlu.cliutil import echo_report, force_option, sets_option
+from danlu.cliutil import force_option, run_stage, sets_option
 
 INPUTS_HELP = ("Data files (json, jsonl, csv, parquet), folders of them, or a LLaMA-Factory data/ folder (or its "
                "dataset_info.json) with --dataset.")
@@ -80,13 +80,10 @@ def _command(stage_fn, stage: str):
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
         force: bool = force_option(),
     ) -> None:
-        from danlu.runs import taking_over
-
+        
         options = _options(config, stage, dataset, task_type, task_type_field, task_type_map, fmt, source, tag,
                            tags_field, replace, tokenizer, chat_template, short_answer)
-        with taking_over(force):
-            report = stage_fn(inputs, out, sets=set_, progress=progress, **options)
-        echo_report(report)
+        run_stage(force, stage_fn, inputs, out, sets=set_, progress=progress, **options)
 
     return command
 
