@@ -16,7 +16,8 @@ Setup (once per run of this script, in a temp folder):
   Qwen2.5's chat template both add the same default system prompt). LF's targets also include the "\\n" after
   <|im_end|>, danlu's stop at <|im_end|>: the one known difference in what is trained (printed).
 
-The sides (each in its own process, OMP_NUM_THREADS=--threads, offline, fp32, full fine-tuning, 1 epoch):
+The sides (each in its own process, OMP_NUM_THREADS=--threads, offline, full fine-tuning, 1 epoch, --precision:
+fp32, or bf16 autocast on both sides - danlu train.precision bf16, LF bf16: true - with fp32 weights and optimizer):
 - LF: `llamafactory-cli train lf.yaml`: stage sft, template qwen, cutoff_len, per_device_train_batch_size
   --batch (no accumulation), cosine schedule, the same warm-up share, AdamW (HF defaults: betas 0.9/0.999),
   weight decay 0, max_grad_norm 1, packing off (LF's SFT default: each batch padded to its longest sample, to a
@@ -281,7 +282,8 @@ def danlu_config(model_dir: Path, files: dict, args, packing: bool, rows: int, w
     return {"model": {"path": str(model_dir), "method": "full"},
             "data": {"train": [files["train"]], "val": [files["val"]], "seq_len": args.cutoff, "packing": packing,
                      "loss_norm": "token", "seed": 0},
-            "train": {"epochs": args.epochs, "batch_size": rows, "micro_batch_size": rows, "precision": "fp32",
+            "train": {"epochs": args.epochs, "batch_size": rows, "micro_batch_size": rows,
+                      "precision": args.precision,
                       "seed": 0},
             "optim": {"lr": args.lr, "min_lr_ratio": 0.0, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8,
                       "grad_clip": 1.0},
@@ -299,7 +301,8 @@ def lf_config(model_dir: Path, lf_dir: Path, out: Path, args, warmup: int) -> di
             "output_dir": str(out), "overwrite_output_dir": True, "per_device_train_batch_size": args.batch,
             "gradient_accumulation_steps": 1, "learning_rate": args.lr, "num_train_epochs": args.epochs,
             "lr_scheduler_type": "cosine", "warmup_steps": warmup, "weight_decay": 0.0, "max_grad_norm": 1.0,
-            "logging_steps": 10, "save_strategy": "no", "report_to": "none", "use_cpu": True, "bf16": False,
+            "logging_steps": 10, "save_strategy": "no", "report_to": "none", "use_cpu": True,
+            "bf16": args.precision == "bf16",
             "fp16": False, "seed": 0, "dataloader_num_workers": 0, "disable_tqdm": True, "plot_loss": False}
 
 
@@ -413,6 +416,8 @@ def main() -> int:
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="both sides: danlu train.precision, LF bf16 (autocast; weights and optimizer stay fp32)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of every training process")
     ap.add_argument("--no-unpacked", action="store_true", help="skip the danlu packing-off side")
     ap.add_argument("--candidate-src", type=Path,
@@ -482,7 +487,7 @@ def main() -> int:
     print(f"per step: LF {args.batch} samples; danlu packed {rows_per_step} rows of <= {args.cutoff} tokens "
           f"({packed_rows} rows for {len(order)} samples, ~{len(order) / packed_rows * rows_per_step:.1f} samples); "
           f"danlu unpacked {args.batch} samples. lr {args.lr:g} cosine to 0, warm-up {args.warmup:.0%} of steps, "
-          f"{args.epochs:g} epoch(s), fp32, {args.threads} threads")
+          f"{args.epochs:g} epoch(s), {args.precision}, {args.threads} threads")
 
     results: dict[str, list[dict]] = {k: [] for k in sides}
     failed = []

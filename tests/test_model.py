@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from danlu.config import ConfigError, validate
-from danlu.model.attention import document_causal_mask, document_ids
+from danlu.model.attention import DOCUMENT_ATTENTION, document_attention, document_causal_mask, document_ids, document_spans
 from danlu.model.create import ModelSpec, create_model
 from danlu.train.objectives import causal_lm, lm_logits
 from tokstore_helpers import make_tokenizer
@@ -37,6 +37,74 @@ def test_doc_mask_logits_equal_each_document_run_alone(attn):
         unmasked = lm_logits(model, batch, doc_mask=False)[0, :n]
     assert torch.allclose(packed, alone, atol=1e-5)
     assert not torch.allclose(unmasked, alone, atol=1e-2)  # without the mask, later documents see earlier ones
+
+
+def _tiny(arch: str):
+    if arch == "llama":
+        return tiny_llama()
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=320, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256))
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    objective = causal_lm(doc_mask=True)
+    loss = objective.loss_sum(model, batch) / objective.count(batch)
+    loss.backward()
+    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_document_spans_are_where_positions_restart():
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 0, 1], [3, 4, 0, 1, 2, 3, 0, 1]])
+    assert document_spans(pos) == [[(0, 3), (3, 5), (5, 6), (6, 8)], [(0, 2), (2, 6), (6, 8)]]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_per_document_attention_equals_the_document_mask_in_loss_and_gradients(arch, monkeypatch):
+    """Training on CPU runs one SDPA call per document (danlu.model.attention.document_attention) instead of
+    SDPA over the whole row with a 4D mask: same loss and gradients, one-token documents and padding included,
+    with activation checkpointing too (its recomputation happens after the forward, inside the same block)."""
+    model = _tiny(arch).train()
+    docs = random_docs(24, seed=3, lo=1, hi=30)
+    rows = pack_rows(docs, 96)
+    batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+    assert any(len(d) == 1 for d in docs) and len(rows) > 2
+    masked_loss, masked_grads = _loss_and_grads(model, batch)
+    ids = batch["input_ids"][:1, :40]
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+
+    import danlu.train.objectives as objectives
+
+    def no_mask(*args, **kwargs):
+        raise AssertionError("a 4D mask was built inside document_attention")
+
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    with document_attention(model, torch.device("cpu")):
+        assert model.config._attn_implementation == DOCUMENT_ATTENTION
+        monkeypatch.setattr(objectives, "document_causal_mask", no_mask)
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                            lambda q, *a, **k: calls.append(q.shape[2]) or sdpa(q, *a, **k))
+        loss, grads = _loss_and_grads(model, batch)
+        monkeypatch.undo()
+        spans = document_spans(batch["position_ids"])  # one call per document and layer, each its own length
+        assert calls == [e - s for row in spans for s, e in row] * model.config.num_hidden_layers
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        ckpt_loss, ckpt_grads = _loss_and_grads(model, batch)
+        model.activation_checkpointing_disable()
+        with torch.no_grad():  # a forward without spans (generation, evaluation) is plain SDPA
+            assert torch.allclose(model(input_ids=ids).logits, plain, atol=1e-6)
+    assert model.config._attn_implementation == "sdpa"
+    for got, got_grads in ((loss, grads), (ckpt_loss, ckpt_grads)):
+        assert got == pytest.approx(masked_loss, abs=1e-6)
+        for name, g in masked_grads.items():
+            assert torch.allclose(got_grads[name], g, atol=1e-6), name
+    with document_attention(model, torch.device("meta")):  # other devices keep the mask
+        assert model.config._attn_implementation == "sdpa"
 
 
 def test_packed_loss_is_token_weighted_mean_of_document_losses():

@@ -6,9 +6,16 @@ the Hugging Face model: transformers 5.x passes a 4D mask through unchanged ("al
 masking_utils._preprocess_mask_arguments) to SDPA (boolean, True = attend) or eager (additive float), so
 the same masking works on every backend, CPU included, and for any HF causal LM, not only those whose mask
 code happens to infer packing from position_ids.
+
+On CPU, training runs attention per document instead (DOCUMENT_ATTENTION, below): a 4D mask makes SDPA compute
+every row's full T x T scores and throw the cross-document ones away, while one causal SDPA call per document
+computes only the sum of each document's own (causal) square. transformers' varlen path does this for flash-
+attention kernels, which CPUs lack; torch's nested-tensor SDPA falls back to the math kernel on CPU.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 
@@ -54,3 +61,62 @@ def shared_prefix_mask(block: torch.Tensor, branch: torch.Tensor, attn_implement
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
             ~allowed, torch.finfo(dtype).min)
     return allowed
+
+
+DOCUMENT_ATTENTION = "danlu_documents"  # an attention implementation name, registered with transformers below
+
+
+def document_spans(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """[B, T] position_ids -> per row, the (start, end) of each document (a new one wherever position_ids == 0)."""
+    T = position_ids.shape[1]
+    spans = []
+    for row in (position_ids == 0).cpu().tolist():
+        starts = [0] + [i for i in range(1, T) if row[i]]
+        spans.append(list(zip(starts, starts[1:] + [T])))
+    return spans
+
+
+def _document_attention(module, query, key, value, attention_mask, document_spans=None, **kwargs):
+    """transformers attention function ([B, H, T, D] in, [B, T, H, D] out): with `document_spans` (a forward
+    kwarg, which transformers hands down to every attention layer), one causal SDPA per document; without, plain
+    SDPA with the mask it is given (generation, a shared-prefix 4D mask), so the model behaves as "sdpa" there."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if document_spans is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    kwargs.pop("is_causal", None)
+    # split, not slice: the backward of a split is one concatenation, that of each slice a zero-filled full copy
+    rows = []
+    for spans, q, k, v in zip(document_spans, query.split(1), key.split(1), value.split(1)):
+        lengths = [e - s for s, e in spans]
+        parts = [sdpa_attention_forward(module, qd, kd, vd, None, is_causal=True, **kwargs)[0]
+                 for qd, kd, vd in zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2))]
+        rows.append(torch.cat(parts, dim=1))
+    return torch.cat(rows, dim=0), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(DOCUMENT_ATTENTION, _document_attention)
+    AttentionMaskInterface.register(DOCUMENT_ATTENTION, sdpa_mask)  # masks built as for "sdpa" when one is needed
+
+
+@contextmanager
+def document_attention(model: torch.nn.Module, device: torch.device):
+    """Within this block a model on CPU with "sdpa" attention runs DOCUMENT_ATTENTION (danlu.train.objectives.
+    lm_logits then passes document spans instead of a 4D mask); elsewhere nothing changes. Held for a whole
+    training run, not one forward, because activation checkpointing recomputes the forward during backward.
+    Not on GPUs: one kernel launch per document and layer is unmeasured there, and flash-attention's varlen path
+    (attn_implementation: flash_attention_2) is the way to skip cross-document work on them."""
+    config = model.config
+    if device.type != "cpu" or config._attn_implementation != "sdpa":
+        yield
+        return
+    _register()
+    model.set_attn_implementation(DOCUMENT_ATTENTION)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation("sdpa")

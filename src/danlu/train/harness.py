@@ -13,6 +13,7 @@ with one metrics sink (metrics.jsonl, TensorBoard and run.log).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -26,6 +27,7 @@ from pydantic import BaseModel
 
 from danlu import __version__
 from danlu.config import ConfigError
+from danlu.model.attention import document_attention
 from danlu.runs import Run, atomic_dir, atomic_write_json, atomic_write_text, start_run
 from danlu.train.config import OptimConfig, TrainingRunConfig
 from danlu.train.distributed import DistInfo, barrier, from_rank0, init_distributed, unwrap, wrap_model
@@ -287,32 +289,36 @@ def fit(session: Session, model: torch.nn.Module, stream, objective: Objective, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier(s.kind, steps, s.warmup_steps, cfg.optim.min_lr_ratio, s.decay_fraction))
 
-    position = stream.state_dict()
-    probe = next(stream)  # a batch to time a step with; the stream is put back where it was
-    stream.load_state_dict(position)
-    step_s = est.measure_step_seconds(net, objective, probe, precision, info.device) * session.grad_accum
-    text, estimate = est.summary(n_params, steps * tokens_per_step, fpt, step_s, tokens_per_step, steps, memory,
-                                 peak, info.world_size)
-    session.say(f"{text}\nprecision {precision} (matmul GFLOP/s: "
-                + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items())
-                + f"); {info.world_size} process(es), grad_accum {session.grad_accum}"
-                + (f"; resuming from {session.resume_from}" if session.resume_from else ""))
+    # per-document attention on CPU for the whole run (danlu.model.attention); a compiled graph keeps the mask
+    with document_attention(model, info.device) if not t.compile else contextlib.nullcontext():
+        position = stream.state_dict()
+        probe = next(stream)  # a batch to time a step with; the stream is put back where it was
+        stream.load_state_dict(position)
+        step_s = est.measure_step_seconds(net, objective, probe, precision, info.device) * session.grad_accum
+        text, estimate = est.summary(n_params, steps * tokens_per_step, fpt, step_s, tokens_per_step, steps, memory,
+                                     peak, info.world_size)
+        session.say(f"{text}\nprecision {precision} (matmul GFLOP/s: "
+                    + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items())
+                    + f"); {info.world_size} process(es), grad_accum {session.grad_accum}"
+                    + f", attention {model.config._attn_implementation}"
+                    + (f"; resuming from {session.resume_from}" if session.resume_from else ""))
 
-    sink = MetricsSink(session.run, cfg.log.tensorboard, session.start_step + 1) if session.run is not None else None
-    loop_cfg = LoopConfig(max_steps=steps, grad_accum=session.grad_accum, grad_clip=cfg.optim.grad_clip,
-                          precision=precision, log_every=cfg.log.every, eval_every=cfg.eval.every,
-                          save_every=cfg.checkpoint.every, keep_last=cfg.checkpoint.keep_last, spikes=cfg.spikes,
-                          progress=cfg.log.progress, flops_per_token=fpt, peak_flops=peak,
-                          checkpoint_assets=checkpoint_assets)
-    try:
-        result = train(net, optimizer, scheduler, stream, objective, loop_cfg, info, checkpoint_dir=session.ckpt_dir,
-                       resume_from=session.resume_from, sink=sink,
-                       evaluate=(lambda m: evaluate(m, precision)) if evaluate is not None else None,
-                       meta={"config": cfg.model_dump(mode="json"), "precision": precision},
-                       on_resume=_apply_changes(session))
-    finally:
-        if sink is not None:
-            sink.close()
+        sink = (MetricsSink(session.run, cfg.log.tensorboard, session.start_step + 1)
+                if session.run is not None else None)
+        loop_cfg = LoopConfig(max_steps=steps, grad_accum=session.grad_accum, grad_clip=cfg.optim.grad_clip,
+                              precision=precision, log_every=cfg.log.every, eval_every=cfg.eval.every,
+                              save_every=cfg.checkpoint.every, keep_last=cfg.checkpoint.keep_last, spikes=cfg.spikes,
+                              progress=cfg.log.progress, flops_per_token=fpt, peak_flops=peak,
+                              checkpoint_assets=checkpoint_assets)
+        try:
+            result = train(net, optimizer, scheduler, stream, objective, loop_cfg, info,
+                           checkpoint_dir=session.ckpt_dir, resume_from=session.resume_from, sink=sink,
+                           evaluate=(lambda m: evaluate(m, precision)) if evaluate is not None else None,
+                           meta={"config": cfg.model_dump(mode="json"), "precision": precision},
+                           on_resume=_apply_changes(session))
+        finally:
+            if sink is not None:
+                sink.close()
     return Fitted(net, result, precision, estimate)
 
 

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from danlu.model.attention import document_causal_mask, shared_prefix_mask
+from danlu.model.attention import DOCUMENT_ATTENTION, document_causal_mask, document_spans, shared_prefix_mask
 
 IGNORE = -100
 
@@ -75,6 +75,8 @@ def lm_logits(model: torch.nn.Module, batch: dict, doc_mask: bool) -> torch.Tens
                 raise ValueError("a shared-prompt batch needs a 4D attention mask, which flash-attention kernels do "
                                  "not take: set data.share_prompt: false, or attn_implementation: sdpa")
             kwargs["attention_mask"] = shared_prefix_mask(batch["block"], batch["branch"], impl)
+        elif impl == DOCUMENT_ATTENTION:  # one attention call per document (danlu.model.attention)
+            kwargs["document_spans"] = document_spans(batch["position_ids"])
         # flash-attention kernels take no 4D mask; transformers runs them varlen from position_ids instead
         elif "flash" not in impl:
             kwargs["attention_mask"] = document_causal_mask(batch["position_ids"], impl)
