@@ -107,6 +107,25 @@ def test_per_document_attention_equals_the_document_mask_in_loss_and_gradients(a
         assert model.config._attn_implementation == "sdpa"
 
 
+def test_per_document_attention_in_bf16_pads_documents_to_a_few_lengths_and_keeps_the_loss(monkeypatch):
+    """In bf16 each document is padded to a multiple of 64 (torch's CPU flash-attention keeps a kernel per length
+    it sees in reduced precision): the loss stays that of the masked forward in the same precision."""
+    model = tiny_llama().train()
+    rows = pack_rows(random_docs(24, seed=4, lo=1, hi=70), 160)
+    batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        masked, _ = _loss_and_grads(model, batch)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    with document_attention(model, torch.device("cpu")), torch.autocast("cpu", dtype=torch.bfloat16):
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                            lambda q, *a, **k: calls.append(q.shape[2]) or sdpa(q, *a, **k))
+        loss, _ = _loss_and_grads(model, batch)
+    lengths = [e - s for row in document_spans(batch["position_ids"]) for s, e in row]
+    assert calls == [-(-n // 64) * 64 for n in lengths] * model.config.num_hidden_layers
+    assert loss == pytest.approx(masked, rel=2e-3)
+
+
 def test_packed_loss_is_token_weighted_mean_of_document_losses():
     """Token-weighted: loss = sum of all target-token losses / number of targets, i.e. the per-document mean
     losses weighted by each document's target count (a document's first token has no target)."""
