@@ -9,7 +9,7 @@ from danlu.data.clean.base import changed_chars
 from danlu.data.clean.filters import BadWords, CharRatio, Length, SFTAnswer
 from danlu.data.clean.repetition import Repetition
 from danlu.data.clean.langid import LangId
-from danlu.data.clean.markdown import blocks
+from danlu.data.clean.markdown import blocks, code_spans
 from danlu.data.clean.normalize import Invisible, Punctuation, TraditionalToSimplified, Unicode, Whitespace
 from danlu.data.clean.pii import PII, valid_id_card
 
@@ -194,6 +194,20 @@ def test_markdown_blocks_cover_text():
         assert MARKDOWN[pos : b.start].strip() == ""
         pos = b.end
     assert MARKDOWN[pos:].strip() == ""
+
+
+def test_code_spans_are_the_code_blocks_of_the_full_parse():
+    """code_spans scans fence lines only; it must find exactly the code blocks `blocks` finds, for any mix of
+    fence kinds, lengths, indentation, info strings and unclosed fences."""
+    import random
+
+    rng = random.Random(0)
+    pieces = ["```", "~~~", "````", " ```py", "   ~~~~", "    ```", "text", "", "``` ", "```\t", "~~~x", "a```",
+              "# title", "| a | b |", "- item"]
+    for _ in range(5000):
+        text = "\n".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        assert code_spans(text) == [(b.start, b.end) for b in blocks(text) if b.kind == "code"], repr(text)
+    assert code_spans(MARKDOWN) == [(b.start, b.end) for b in blocks(MARKDOWN) if b.kind == "code"] != []
 
 
 def test_pii_masks_are_literal_text():

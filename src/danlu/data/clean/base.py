@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from itertools import compress
+from operator import ne
 from typing import ClassVar, Literal
 
 from rapidfuzz.distance import Indel, Levenshtein
@@ -49,6 +51,8 @@ def _trimmed_diff(a: str, b: str) -> int:
     """Characters edited between a and b: the edit distance of what differs once the common prefix and suffix
     are removed (one line can hold many edits far apart, e.g. a whole article on one line); beyond EXACT_SPAN
     the span's size, max(removed, inserted), as an upper bound."""
+    if max(len(a), len(b)) <= EXACT_SPAN:  # rapidfuzz strips the common prefix and suffix itself, in C
+        return Levenshtein.distance(a, b)
     n = min(len(a), len(b))
     p = 0
     while p < n and a[p] == b[p]:
@@ -75,18 +79,22 @@ def changed_chars(before: str, after: str) -> int:
         return 0
     a, b = before.split("\n"), after.split("\n")
     if len(a) == len(b):
-        return sum(_trimmed_diff(x, y) for x, y in zip(a, b) if x != y)
+        return _paired_diff(a, b)
     total, gone, new = 0, [], []
     for op in Indel.opcodes(["".join(x.split()) for x in a], ["".join(y.split()) for y in b]):
         if op.tag == "equal":
             total += _unaligned(gone, new)
             gone, new = [], []
-            pairs = zip(a[op.src_start : op.src_end], b[op.dest_start : op.dest_end])
-            total += sum(_trimmed_diff(x, y) for x, y in pairs if x != y)
+            total += _paired_diff(a[op.src_start : op.src_end], b[op.dest_start : op.dest_end])
         else:
             gone += a[op.src_start : op.src_end]
             new += b[op.dest_start : op.dest_end]
     return total + _unaligned(gone, new)
+
+
+def _paired_diff(a: list[str], b: list[str]) -> int:
+    """Edits between lines paired in order; the unchanged pairs (most of them) are skipped in C, not Python."""
+    return sum(_trimmed_diff(x, y) for x, y in compress(zip(a, b), map(ne, a, b)))
 
 
 def _unaligned(gone: list[str], new: list[str]) -> int:

@@ -126,19 +126,43 @@ class Boilerplate(Filter):
     min_sentence_share: float = Field(0.2, ge=0, le=1)  # more sentences than this: not a navigation page
 
     def measure(self, text: str) -> dict[str, float]:
-        lines = _lines(text)
-        total = sum(map(_chars, lines)) or 1
-        short = [ln for ln in lines if len(ln) <= MAX_CHROME_LINE]  # chrome and menus are short lines
-        chrome = sum(_chars(ln) for ln in short if _CHROME.search(ln.lower()))
-        nav = sum(_chars(ln) for ln in short if link_like(ln))
-        sentences = sum(1 for ln in lines if _SENTENCE_END.search(_MARKUP.sub("", ln)))
-        return {"chrome": chrome / total, "navigation": nav / total, "sentences": sentences / max(len(lines), 1)}
+        lines, short, total = _measured_lines(text)
+        return {"chrome": _chrome_chars(short) / total, "navigation": _navigation_chars(short) / total,
+                "sentences": _sentence_share(lines)}
 
     def judge(self, text: str) -> str | None:
-        m = self.measure(text)
-        if m["chrome"] > self.max_chrome_share:
-            return f"boilerplate lines {m['chrome']:.2f} of chars > {self.max_chrome_share}"
-        if m["navigation"] > self.max_navigation_share and m["sentences"] < self.min_sentence_share:
-            return (f"navigation links {m['navigation']:.2f} of chars > {self.max_navigation_share} "
-                    f"(sentences {m['sentences']:.2f})")
+        # measure()'s figures, each computed only when the verdict still depends on it: most text has sentences,
+        # so the navigation rule (a regex walk of every line) rarely needs measuring
+        lines, short, total = _measured_lines(text)
+        chrome = _chrome_chars(short) / total
+        if chrome > self.max_chrome_share:
+            return f"boilerplate lines {chrome:.2f} of chars > {self.max_chrome_share}"
+        sentences = _sentence_share(lines)
+        if sentences >= self.min_sentence_share:
+            return None
+        navigation = _navigation_chars(short) / total
+        if navigation > self.max_navigation_share:
+            return (f"navigation links {navigation:.2f} of chars > {self.max_navigation_share} "
+                    f"(sentences {sentences:.2f})")
         return None
+
+
+def _measured_lines(text: str) -> tuple[list[str], list[str], int]:
+    """(the lines judged, the short ones among them - chrome and menus are short lines -, their characters)."""
+    lines = _lines(text)
+    return lines, [ln for ln in lines if len(ln) <= MAX_CHROME_LINE], sum(map(_chars, lines)) or 1
+
+
+def _chrome_chars(short: list[str]) -> int:
+    # one search over all lines first: a phrase found in a line is found in the lines joined, and most text has none
+    if not short or not _CHROME.search("\n".join(short).lower()):
+        return 0
+    return sum(_chars(ln) for ln in short if _CHROME.search(ln.lower()))
+
+
+def _navigation_chars(short: list[str]) -> int:
+    return sum(_chars(ln) for ln in short if link_like(ln))
+
+
+def _sentence_share(lines: list[str]) -> float:
+    return sum(1 for ln in lines if _SENTENCE_END.search(_MARKUP.sub("", ln))) / max(len(lines), 1)

@@ -83,11 +83,25 @@ def blocks(text: str) -> list[Block]:
     return out
 
 
+_FENCE_LINE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.MULTILINE)
+
+
 def code_spans(text: str) -> list[tuple[int, int]]:
-    """Spans of fenced code blocks (cleaners leave these byte-for-byte alone)."""
+    """Spans of fenced code blocks (cleaners leave these byte-for-byte alone): the code blocks of `blocks`,
+    found by scanning for fence lines only (the normalisers and prose filters call this on every text; parsing
+    every paragraph and heading for it was most of their cost)."""
     if "```" not in text and "~~~" not in text:
         return []
-    return [(b.start, b.end) for b in blocks(text) if b.kind == "code"]
+    spans, pos = [], 0
+    while (opening := _FENCE_LINE.search(text, pos)) is not None:
+        marker = opening.group(1)
+        close = re.compile(rf"^ {{0,3}}{re.escape(marker[0])}{{{len(marker)},}}[ \t]*$", re.MULTILINE)
+        line_end = text.find("\n", opening.end())
+        closing = close.search(text, line_end + 1) if line_end >= 0 else None
+        end = closing.end() if closing is not None else len(text)  # an unclosed fence runs to the end
+        spans.append((opening.start(), end))
+        pos = end + 1
+    return spans
 
 
 @functools.lru_cache(maxsize=512)

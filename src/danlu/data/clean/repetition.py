@@ -19,6 +19,7 @@ and planted spam (benchmarks/bench_filters.py). The n-gram rules need `min_ngram
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from typing import Iterator, Literal
@@ -90,14 +91,20 @@ def keyword_measures(ws: list[str], cjk: list[str], other: list[str]) -> tuple[f
     Latin-script words and CJK characters together: mixed text - Chinese prose around shell commands - is judged
     on both). `cjk` and `other` split `ws` by script (textstats.words_by_script)."""
     lower = [w.lower() for w in other if not w.isdigit()]
+    return _keyword_share(ws, cjk, lower), _function_share(cjk, lower)
+
+
+def _function_share(cjk: list[str], lower: list[str]) -> float:
     chars = "".join(cjk)
-    function = (sum(map(FUNCTION_EN.__contains__, lower)) + sum(map(FUNCTION_ZH.__contains__, chars))) / max(
+    return (sum(map(FUNCTION_EN.__contains__, lower)) + sum(map(FUNCTION_ZH.__contains__, chars))) / max(
         len(lower) + len(chars), 1)
+
+
+def _keyword_share(ws: list[str], cjk: list[str], lower: list[str]) -> float:
     content = Counter(w for w in lower if len(w) > 1 and w not in FUNCTION_EN)
     content.update(w for w in cjk if w not in _FUNCTION_ZH_GROUPS)
     total = sum(map(len, ws)) or 1
-    top = sum(n * len(w) for w, n in content.most_common(3))
-    return top / total, function
+    return sum(n * len(w) for w, n in content.most_common(3)) / total
 
 
 def dup_ngram_share(ids: np.ndarray, lens: np.ndarray, n: int) -> float:
@@ -175,8 +182,12 @@ class Repetition(Filter):
 
     @staticmethod
     def _ids(ws: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        # each word's id is the number of distinct words before its first occurrence, computed in C loops: the
+        # index of the first occurrence (map over setdefault), then its rank. The ids decide which n-gram wins
+        # a tie for the most frequent one, so they stay what a Python loop over a growing vocabulary gave.
         vocab: dict[str, int] = {}
-        ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in ws), dtype=np.int64, count=len(ws))
+        first = np.fromiter(map(vocab.setdefault, ws, itertools.count()), dtype=np.int64, count=len(ws))
+        ids = np.unique(first, return_inverse=True)[1].reshape(-1)
         lens = np.fromiter(map(len, ws), dtype=np.int64, count=len(ws))
         return ids, lens
 
@@ -210,8 +221,9 @@ class Repetition(Filter):
                 yield f"duplicated {n}-grams cover {share:.2f} of chars > {bound} ({script})"
         bound, fbound = ((self.cjk_max_keyword_char_frac, self.cjk_keyword_max_function_frac) if script == "cjk"
                          else (self.max_keyword_char_frac, self.keyword_max_function_frac))
-        if bound is not None:
-            share, function = keyword_measures(ws, cjk, other)
-            if share > bound and function < fbound:
+        if bound is not None:  # the keyword count only when function words are scarce (prose never is)
+            lower = [w.lower() for w in other if not w.isdigit()]
+            function = _function_share(cjk, lower)
+            if function < fbound and (share := _keyword_share(ws, cjk, lower)) > bound:
                 yield (f"keyword stuffing: top 3 words cover {share:.2f} of chars > {bound}, function words "
                        f"{function:.3f} < {fbound} ({script})")
