@@ -23,7 +23,7 @@ from pydantic import Field
 
 from danlu.data.clean.base import Filter
 from danlu.data.clean.markdown import without_code
-from danlu.data.clean.textstats import is_layout
+from danlu.data.clean.textstats import has_alnum
 
 # Site chrome phrases (matched on the lower-cased line), each with an example it must match (tested). They are
 # phrases of page furniture, not topic words: a man page about login(1) says "log in" and "register", and
@@ -80,6 +80,8 @@ _PAGINATION = re.compile(r"^(?:上一页|«\s*prev\w*|previous|首页)?[\s\d.…
 _LIST_MARK = re.compile(r"^(?:[-*+]|\d{1,3}[.)])\s+")
 _MARKUP = re.compile(r"[*`#\[\]]")
 _SENTENCE_END = re.compile(r"[。！？；.!?;:：…]['\"”’」』)）]*$")
+# the same on a line with its markup still in: markup characters may sit anywhere after the sentence end
+_SENTENCE_END_MARKED = re.compile(r"[。！？；.!?;:：…][*`#\[\]'\"”’」』)）]*$")
 # options, code, calls, paths, identifiers (CamelCase: AddKeysToAgent in ssh_config's option list), numbers
 _NOT_LINK = re.compile(r"(^|\s)--?\w|[=(){}<\\$@~%_]|\w[./:]\w|[a-z][A-Z]|\d{3,}")
 MAX_CHROME_LINE = 300  # a longer line is content (a cookie notice is ~150 characters)
@@ -109,7 +111,8 @@ def link_like(line: str) -> bool:
 
 
 def _lines(text: str) -> list[str]:
-    return [ln.strip() for ln in without_code(text).split("\n") if ln.strip() and not is_layout(ln)]
+    """The stripped lines of prose with a letter or digit (layout lines are not content: textstats.is_layout)."""
+    return list(filter(has_alnum, map(str.strip, without_code(text).split("\n"))))
 
 
 def _chars(line: str) -> int:
@@ -165,4 +168,5 @@ def _navigation_chars(short: list[str]) -> int:
 
 
 def _sentence_share(lines: list[str]) -> float:
-    return sum(1 for ln in lines if _SENTENCE_END.search(_MARKUP.sub("", ln))) / max(len(lines), 1)
+    """Share of lines that end a sentence once their markup is removed (one regex search a line, in C)."""
+    return len(list(filter(None, map(_SENTENCE_END_MARKED.search, lines)))) / max(len(lines), 1)

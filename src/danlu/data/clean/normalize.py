@@ -120,10 +120,27 @@ class Whitespace(Transform):
     def _apply(self, text: str) -> str:
         text = _TRAILING.sub("", text)
         if self.collapse_inline_runs:
-            text = "\n".join(_collapse_line(line) for line in text.split("\n"))
+            text = _collapse_runs(text)
         if self.remove_space_between_cjk:
             text = _pattern(f"(?<=[{CJK}]) (?=[{CJK}])").sub("", text)
         return _BLANK_RUN.sub("\n" * (self.max_blank_lines + 1), text)
+
+
+def _collapse_runs(text: str) -> str:
+    """_collapse_line on every line that has a run, found by one search over the text (a run never spans lines:
+    its characters exclude the newline, and the characters around it must not be whitespace), the other lines
+    copied as they are."""
+    out, pos = [], 0
+    for m in _HSPACE_RUN.finditer(text):
+        if m.start() < pos:  # another run on a line already collapsed
+            continue
+        start = text.rfind("\n", 0, m.start()) + 1
+        end = text.find("\n", m.end())
+        end = len(text) if end < 0 else end
+        out += [text[pos:start], _collapse_line(text[start:end])]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _collapse_line(line: str) -> str:

@@ -29,7 +29,7 @@ from pydantic import Field
 
 from danlu.data.clean.base import Filter
 from danlu.data.clean.markdown import without_code
-from danlu.data.clean.textstats import is_layout, is_table_row, script_of, words_by_script
+from danlu.data.clean.textstats import is_layout, script_of, table_row_match, words_by_script
 
 _PARA_BREAK = re.compile(r"\n\s*\n")
 # Function words: English words, and Chinese characters that are particles, prepositions and conjunctions.
@@ -41,17 +41,12 @@ _FUNCTION_ZH_GROUPS = frozenset(a + b for a in FUNCTION_ZH for b in FUNCTION_ZH)
 
 
 def dup_fraction(units: list[str]) -> tuple[float, float]:
-    """(fraction of units that repeat an earlier one, fraction of characters in those repeats)."""
-    seen: set[str] = set()
-    dup_n = dup_chars = total_chars = 0
-    for u in units:
-        total_chars += len(u)
-        if u in seen:
-            dup_n += 1
-            dup_chars += len(u)
-        else:
-            seen.add(u)
-    return dup_n / max(len(units), 1), dup_chars / max(total_chars, 1)
+    """(fraction of units that repeat an earlier one, fraction of characters in those repeats): the repeats
+    are everything but each distinct unit's first occurrence."""
+    distinct = set(units)
+    total_chars = sum(map(len, units))
+    dup_chars = total_chars - sum(map(len, distinct))
+    return (len(units) - len(distinct)) / max(len(units), 1), dup_chars / max(total_chars, 1)
 
 
 def _ngram_ids(ids: np.ndarray, n: int) -> np.ndarray:
@@ -90,8 +85,12 @@ def keyword_measures(ws: list[str], cjk: list[str], other: list[str]) -> tuple[f
     """(share of word characters covered by the 3 most frequent content words, share of function words among
     Latin-script words and CJK characters together: mixed text - Chinese prose around shell commands - is judged
     on both). `cjk` and `other` split `ws` by script (textstats.words_by_script)."""
-    lower = [w.lower() for w in other if not w.isdigit()]
+    lower = _lower_words(other)
     return _keyword_share(ws, cjk, lower), _function_share(cjk, lower)
+
+
+def _lower_words(other: list[str]) -> list[str]:
+    return list(map(str.lower, itertools.filterfalse(str.isdigit, other)))
 
 
 def _function_share(cjk: list[str], lower: list[str]) -> float:
@@ -171,7 +170,7 @@ class Repetition(Filter):
         if self.ignore_code:
             text = without_code(text)
         if self.ignore_tables:
-            text = "\n".join(ln for ln in text.split("\n") if not is_table_row(ln))
+            text = "\n".join(itertools.filterfalse(table_row_match, text.split("\n")))
         return text
 
     @staticmethod
@@ -222,7 +221,7 @@ class Repetition(Filter):
         bound, fbound = ((self.cjk_max_keyword_char_frac, self.cjk_keyword_max_function_frac) if script == "cjk"
                          else (self.max_keyword_char_frac, self.keyword_max_function_frac))
         if bound is not None:  # the keyword count only when function words are scarce (prose never is)
-            lower = [w.lower() for w in other if not w.isdigit()]
+            lower = _lower_words(other)
             function = _function_share(cjk, lower)
             if function < fbound and (share := _keyword_share(ws, cjk, lower)) > bound:
                 yield (f"keyword stuffing: top 3 words cover {share:.2f} of chars > {bound}, function words "

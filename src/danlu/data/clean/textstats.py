@@ -35,6 +35,9 @@ _TABLE_ROW = re.compile(r"^\s*[|│┃║]|\S(?:\t| {3,})\s*\S")
 LAYOUT_LINES = re.compile(r"^[\W_]*$\n?", re.MULTILINE)
 # Runs of 4+ leader or rule characters: dot leaders of a table of contents, underlines, rules.
 LEADER_RUN = re.compile(r"([.\-_=*~·•…─━])\1{3,}")
+# is_table_row / not is_layout as bound regex methods: filter()/filterfalse() over many lines call them from C
+table_row_match = _TABLE_ROW.search
+has_alnum = _ALNUM.search
 
 
 @functools.lru_cache(maxsize=1)
