@@ -9,8 +9,8 @@ code happens to infer packing from position_ids.
 
 On CPU, training runs attention per document instead (DOCUMENT_ATTENTION, below): a 4D mask makes SDPA compute
 every row's full T x T scores and throw the cross-document ones away, while one causal SDPA call per document
-computes only the sum of each document's own (causal) square. transformers' varlen path does this for flash-
-attention kernels, which CPUs lack; torch's nested-tensor SDPA falls back to the math kernel on CPU.
+computes only the sum of each document's own (causal) square. transformers' varlen path does the same for
+flash-attention kernels, which CPUs lack.
 """
 
 from __future__ import annotations
@@ -70,10 +70,12 @@ DOCUMENT_ATTENTION = "danlu_documents"  # an attention implementation name, regi
 def document_spans(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     """[B, T] position_ids -> per row, the (start, end) of each document (a new one wherever position_ids == 0)."""
     T = position_ids.shape[1]
+    starts = (position_ids == 0).cpu()
+    starts[:, 0] = True  # a row that begins mid-document still starts a span
     spans = []
-    for row in (position_ids == 0).cpu().tolist():
-        starts = [0] + [i for i in range(1, T) if row[i]]
-        spans.append(list(zip(starts, starts[1:] + [T])))
+    for row in starts:
+        at = row.nonzero().squeeze(1).tolist()
+        spans.append(list(zip(at, at[1:] + [T])))
     return spans
 
 
