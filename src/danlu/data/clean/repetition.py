@@ -49,15 +49,19 @@ def dup_fraction(units: list[str]) -> tuple[float, float]:
     return (len(units) - len(distinct)) / max(len(units), 1), dup_chars / max(total_chars, 1)
 
 
-def _ngram_ids(ids: np.ndarray, n: int) -> np.ndarray:
-    """An integer per word n-gram (equal n-grams get equal integers): a 64-bit polynomial hash of the word ids,
-    then np.unique to make the values small (collisions are negligible at document sizes)."""
+def _ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
+    """A 64-bit polynomial hash of the word ids per word n-gram (collisions are negligible at document sizes)."""
     length = len(ids) - n + 1
     h = ids[:length].astype(np.uint64)
     with np.errstate(over="ignore"):
         for k in range(1, n):
             h = h * np.uint64(0x9E3779B97F4A7C15) + ids[k : k + length].astype(np.uint64)
-    return np.unique(h, return_inverse=True)[1].reshape(-1)
+    return h
+
+
+def _ngram_ids(ids: np.ndarray, n: int) -> np.ndarray:
+    """An integer per word n-gram (equal n-grams get equal integers): the hashes made small by np.unique."""
+    return np.unique(_ngram_hashes(ids, n), return_inverse=True)[1].reshape(-1)
 
 
 def _covered_share(starts: np.ndarray, n: int, lens: np.ndarray, total: int) -> float:
@@ -73,12 +77,14 @@ def top_ngram_share(ids: np.ndarray, lens: np.ndarray, n: int) -> float:
     """Characters covered by the occurrences of the most frequent n-gram (0 if none repeats)."""
     if len(ids) < n:
         return 0.0
-    grams = _ngram_ids(ids, n)
-    counts = np.bincount(grams)
+    h = _ngram_hashes(ids, n)
+    # counts in hash order, as a bincount of _ngram_ids would give them (a tie goes to the smallest hash), without
+    # the inverse index np.unique would need a second sort for
+    distinct, counts = np.unique(h, return_counts=True)
     top = int(counts.argmax())
     if counts[top] < 2:
         return 0.0
-    return _covered_share(np.flatnonzero(grams == top), n, lens, int(lens.sum()))
+    return _covered_share(np.flatnonzero(h == distinct[top]), n, lens, int(lens.sum()))
 
 
 def keyword_measures(ws: list[str], cjk: list[str], other: list[str]) -> tuple[float, float]:
