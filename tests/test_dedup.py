@@ -86,3 +86,19 @@ def test_clusters_agree_with_datasketch_lsh():
 def test_empty_texts_are_not_near_duplicates():
     res = near_clusters(["", "  ", "real text here"], threshold=0.5)
     assert res.representative.tolist() == [0, 1, 2]
+
+
+def test_normalise_collapses_exactly_the_whitespace_regex_s_matches():
+    """normalise joins str.split(); that must be what `\\s+` -> " " and strip() gave (dedup keys of earlier runs
+    depend on it): the same set of whitespace characters, every code point checked."""
+    import re
+    import sys
+    import unicodedata
+
+    assert all(bool(re.match(r"\s", chr(c))) == chr(c).isspace() for c in range(sys.maxunicode + 1))
+    spaces = [chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()]
+    rng = random.Random(0)
+    for _ in range(2000):
+        text = "".join(rng.choice(spaces + list("Ab中 ")) for _ in range(rng.randint(0, 30)))
+        expected = re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold()).strip()
+        assert normalise(text) == expected
