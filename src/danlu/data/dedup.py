@@ -36,8 +36,8 @@ _POLY = np.uint64(0x100000001B3)  # FNV-1a 64-bit prime as the polynomial base
 
 
 def normalise(text: str) -> str:
-    """What "the same text" means for dedup: NFKC, case-folded, whitespace runs as one space (str.split and re's
-    \s agree on what whitespace is, and split + join is faster than a regex substitution)."""
+    """What "the same text" means for dedup: NFKC, case-folded, whitespace runs as one space (str.split and the
+    regex whitespace class agree on what whitespace is, and split + join is faster than a regex substitution)."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
