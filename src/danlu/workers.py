@@ -59,25 +59,33 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, timeout:
 
     window = window or 4 * workers
     cwd = os.getcwd()
-    pending: deque = deque()
-    it = iter(items)
     with pebble.ProcessPool(max_workers=workers, context=_context()) as pool:
         try:
-            while True:
-                while len(pending) < window:
-                    item = next(it, _END)
-                    if item is _END:
-                        break
-                    pending.append((item, pool.schedule(_in_folder, args=(cwd, fn, item), timeout=timeout)))
-                if not pending:
-                    return
-                item, future = pending.popleft()
-                yield item, _result(future, timeout)
+            yield from windowed(items, lambda item: pool.schedule(_in_folder, args=(cwd, fn, item), timeout=timeout),
+                                lambda future: _result(future, timeout), lambda future: future.cancel(), window)
         finally:
-            for _, future in pending:
-                future.cancel()
             pool.stop()
             pool.join()
+
+
+def windowed(items: Iterable[T], submit: Callable, collect: Callable, cancel: Callable,
+             window: int) -> Iterator[tuple[T, object]]:
+    """(item, collect(submit(item))) in input order with at most `window` items submitted and not yet collected;
+    if the consumer stops early (an error, a break), `cancel` gets every handle still pending. The ordering
+    and back-pressure of every executor (this pool, Ray tasks: danlu.data.executor)."""
+    pending: deque = deque()
+    it = iter(items)
+    try:
+        while True:
+            while len(pending) < window and (item := next(it, _END)) is not _END:
+                pending.append((item, submit(item)))
+            if not pending:
+                return
+            item, handle = pending.popleft()
+            yield item, collect(handle)
+    finally:
+        for _, handle in pending:
+            cancel(handle)
 
 
 _END = object()

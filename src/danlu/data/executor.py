@@ -29,13 +29,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from collections import deque
 from typing import Callable, Iterable, Iterator, Literal, TypeVar
 
 from pydantic import Field
 
 from danlu.config import ConfigError, StrictModel
-from danlu.workers import ItemFailed, ordered_map
+from danlu.workers import ItemFailed, ordered_map, windowed
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -209,25 +208,8 @@ def _ray_map(fn: Callable, items: Iterable, window: int) -> Iterator[tuple]:
     import ray
 
     cwd = os.getcwd()
-    pending: deque = deque()
-    it = iter(items)
-    try:
-        while True:
-            while len(pending) < window:
-                item = next(it, _END)
-                if item is _END:
-                    break
-                pending.append((item, _submit(fn, item, cwd)))
-            if not pending:
-                return
-            item, ref = pending.popleft()
-            yield item, _ray_result(ref)
-    finally:
-        for _, ref in pending:  # the caller stopped early (an error, a break): drop what is still queued
-            ray.cancel(ref, force=True)
-
-
-_END = object()
+    yield from windowed(items, lambda item: _submit(fn, item, cwd), _ray_result,
+                        lambda ref: ray.cancel(ref, force=True), window)
 
 
 def _ray_result(ref):
