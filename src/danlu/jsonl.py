@@ -167,6 +167,14 @@ def jsonl_files(inputs: Iterable[str | Path], suffixes: tuple[str, ...] = (".jso
     return out
 
 
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
+    """Write `records` to `path` atomically (JsonlWriter); returns how many."""
+    with JsonlWriter(path) as w:
+        for record in records:
+            w.write(record)
+    return w.count
+
+
 class JsonlWriter:
     """Write records to `path` atomically: nothing appears at `path` unless the writer closes without error."""
 

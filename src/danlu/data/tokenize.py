@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from danlu.config import ConfigError, StrictModel, build_config
 from danlu.data.executor import Executor, ExecutorFields
-from danlu.jsonl import BadLine, JsonlWriter, jsonl_files, read_jsonl
+from danlu.jsonl import BadLine, jsonl_files, read_jsonl, write_jsonl
 from danlu.records import record_id
 from danlu.runs import atomic_path, atomic_write_json, counts, read_report, reason_key, start_run
 from danlu.tokenizer.special import SpecialTokens, special_tokens
@@ -278,9 +278,7 @@ def tokenize(inputs: list[str | Path], out: str | Path, tokenizer: str | Path, *
     names = sorted(summaries)
     _remove_leftovers(store / "shards", set(names))
     rejects = [r for n in names for r in summaries[n]["rejects"]]
-    with JsonlWriter(store / "rejects.jsonl") as w:
-        for r in rejects:
-            w.write(r)
+    write_jsonl(store / "rejects.jsonl", rejects)
     atomic_write_json(
         store / "store.json",
         {"format": STORE_FORMAT, "dtype": dtype.str, "vocab_size": special.vocab_size, "bos_id": special.bos_id,

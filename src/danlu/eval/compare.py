@@ -227,7 +227,7 @@ def compare_runs(runs: list[str | Path], out: str | Path, cfg: CompareConfig = C
                  names: list[str] | None = None) -> dict:
     """Compare eval runs (the first is the baseline) into the run folder `out`: results.json, cases.jsonl,
     index.html; returns the report."""
-    from danlu.jsonl import JsonlWriter
+    from danlu.jsonl import write_jsonl
     from danlu.runs import atomic_write_json, counts, read_report, start_run
 
     if len(runs) < 2:
@@ -269,9 +269,7 @@ def compare_runs(runs: list[str | Path], out: str | Path, cfg: CompareConfig = C
             all_cases += [{**c, "a_run": labels[0], "b_run": labels[j]} for c in result["cases"]]
             kept += 1
     atomic_write_json(run.path("results.json"), doc)
-    with JsonlWriter(run.path("cases.jsonl")) as w:
-        for c in all_cases:
-            w.write(c)
+    write_jsonl(run.path("cases.jsonl"), all_cases)
     headline = {}
     for suite, key in (("mcq", ("(all)", "acc")), ("ppl", ("(all)", "bits_per_byte")), ("gen", ("(all)", "rougeL")),
                        ("judge", ("(all)", "usability"))):

@@ -181,7 +181,7 @@ def run_diagnostics(model_dir: str | Path, out: str | Path, cfg: DiagnosticsConf
     items.jsonl (every probe/sample with its outputs and scores), rejects.jsonl, index.html."""
     from danlu.eval.fingerprint import data_fingerprint, eval_fingerprint, model_fingerprint
     from danlu.eval.model import load_model
-    from danlu.jsonl import JsonlWriter
+    from danlu.jsonl import write_jsonl
     from danlu.runs import atomic_write_json, counts, start_run
 
     run = start_run(out, "eval-diagnostics", cfg)
@@ -209,12 +209,8 @@ def run_diagnostics(model_dir: str | Path, out: str | Path, cfg: DiagnosticsConf
         filtered.update({f"{name}: {k}": v for k, v in acct["filtered"].items()})
         rejected.update({f"{name}: {k}": v for k, v in acct["rejected"].items()})
         rejects += acct["rejects"]
-    with JsonlWriter(run.path("items.jsonl")) as w:
-        for it in items:
-            w.write(it)
-    with JsonlWriter(run.path("rejects.jsonl")) as w:
-        for r in rejects:
-            w.write(r)
+    write_jsonl(run.path("items.jsonl"), items)
+    write_jsonl(run.path("rejects.jsonl"), rejects)
     atomic_write_json(run.path("results.json"), {"suite": "diagnostics", "checks": checks})
     head, warnings, advice = {}, [], []
     if "recall" in checks and "(all)" in checks["recall"]:

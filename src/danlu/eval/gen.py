@@ -66,7 +66,7 @@ def run_gen(model_dir: str | Path, out: str | Path, cfg: GenConfig, runtime: Run
     from danlu.eval.generate import decode, generate
     from danlu.eval.metrics import score_samples
     from danlu.eval.model import load_model
-    from danlu.jsonl import JsonlWriter, jsonl_files
+    from danlu.jsonl import JsonlWriter, jsonl_files, write_jsonl
     from danlu.runs import atomic_write_json, counts, start_run
 
     run = start_run(out, "eval-gen", cfg)
@@ -88,11 +88,8 @@ def run_gen(model_dir: str | Path, out: str | Path, cfg: GenConfig, runtime: Run
         for s, sc in zip(scored, per_sample):
             w.write({k: s[k] for k in ("id", "task_type", "source", "messages", "reference", "answer",
                                        "prompt_tokens", "answer_tokens")} | {"scores": sc})
-    with JsonlWriter(run.path("rejects.jsonl")) as w:
-        for r in rejects:
-            w.write(r)
-        for s in too_long:
-            w.write({"id": s["id"], "stage": "eval-gen", "reason": "prompt longer than the model's context"})
+    write_jsonl(run.path("rejects.jsonl"), rejects + [
+        {"id": s["id"], "stage": "eval-gen", "reason": "prompt longer than the model's context"} for s in too_long])
     doc = {"suite": "gen", "generation": cfg.generation.model_dump(), "rouge_tokens": cfg.rouge_tokens,
            "template": "given" if template else "the model's own", "by_task_type": table}
     atomic_write_json(run.path("results.json"), doc)

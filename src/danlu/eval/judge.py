@@ -226,7 +226,7 @@ def run_judge(out: str | Path, cfg: JudgeConfig, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     from danlu.eval.fingerprint import data_fingerprint, eval_fingerprint
-    from danlu.jsonl import JsonlWriter
+    from danlu.jsonl import JsonlWriter, write_jsonl
     from danlu.runs import atomic_write_json, counts, start_run
 
     run = start_run(out, "eval-judge", cfg)
@@ -268,9 +268,7 @@ def run_judge(out: str | Path, cfg: JudgeConfig, progress: bool = True) -> dict:
     bar.close()
     judged = [r for r in results if ("outcome" in r if cfg.mode == "pairwise" else "usability" in r)]
     summary = summarize_pairwise(results) if cfg.mode == "pairwise" else summarize_pointwise(results, cfg)
-    with JsonlWriter(run.path("judgments.jsonl")) as w:
-        for r in results:
-            w.write(r)
+    write_jsonl(run.path("judgments.jsonl"), results)
     with JsonlWriter(run.path("rejects.jsonl")) as w:
         for r in rejects:
             w.write(r)

@@ -185,7 +185,7 @@ def run_mcq(model_dir: str | Path, out: str | Path, cfg: McqConfig, runtime: Run
 
     from danlu.eval.fingerprint import data_fingerprint, eval_fingerprint, model_fingerprint
     from danlu.eval.model import load_model
-    from danlu.jsonl import JsonlWriter
+    from danlu.jsonl import write_jsonl
     from danlu.runs import atomic_write_json, counts, start_run
 
     run = start_run(out, "eval-mcq", cfg)
@@ -203,12 +203,9 @@ def run_mcq(model_dir: str | Path, out: str | Path, cfg: McqConfig, runtime: Run
         if sub.questions:
             results += score_subject(lm.model, lm.tokenizer, sub, cfg, data.format)
     summary = summarize(results, data.subjects, cfg.methods)
-    with JsonlWriter(run.path("questions.jsonl")) as w:
-        for r in results:
-            w.write(r)
-    with JsonlWriter(run.path("rejects.jsonl")) as w:
-        for r in data.rejected + [{**r, "split": "dev"} for r in data.rejected_dev]:
-            w.write({**r, "stage": "eval-mcq"})
+    write_jsonl(run.path("questions.jsonl"), results)
+    write_jsonl(run.path("rejects.jsonl"), ({**r, "stage": "eval-mcq"} for r in
+                                            data.rejected + [{**r, "split": "dev"} for r in data.rejected_dev]))
     if data.rejected_dev:
         warnings.append(f"{len(data.rejected_dev)} malformed dev row(s) skipped (see rejects.jsonl)")
     tokens_per_letter = Counter(t for r in results if "letter" in r for t in r["letter"]["tokens"])

@@ -22,7 +22,7 @@ from pydantic import Field, field_validator
 from tokenizers import Tokenizer, processors
 
 from danlu.config import StrictModel, build_config
-from danlu.jsonl import JsonlWriter
+from danlu.jsonl import write_jsonl
 from danlu.runs import atomic_path, atomic_write_json, atomic_write_text, counts, reason_key, start_run
 from danlu.tokenizer.bytelevel import GPT4_PATTERN, hf_tokenizer_from_ranks
 from danlu.tokenizer.chat import DEFAULT_CHAT_TEMPLATE, DEFAULT_ROLE_TOKENS
@@ -75,9 +75,7 @@ def train_tokenizer(inputs: list[str | Path], out: str | Path, *, sets: Iterable
                          f"{stats.characters} characters, {len(stats.rejected)} records rejected)")
     save_tokenizer_folder(tok, run.dir, model_max_length=cfg.model_max_length)
     if stats.rejected:
-        with JsonlWriter(run.path("rejects.jsonl")) as w:
-            for r in stats.rejected:
-                w.write(r)
+        write_jsonl(run.path("rejects.jsonl"), stats.rejected)
     run.log.info("trained %s (%s) vocab %d on %d documents in %.1fs", cfg.type, engine, tok.get_vocab_size(),
                  stats.documents, train_s)
     reached = tok.get_vocab_size(with_added_tokens=True)
