@@ -15,7 +15,7 @@ from danlu.data.clean.normalize import Whitespace
 from danlu.data.clean.pii import PII
 from danlu.records import document
 
-from test_clean_sections import clean_book
+from test_clean_sections import clean_book, read_records, write_lines
 
 PROSE = "Debian 是一个自由的操作系统，由遍布全球的志愿者共同开发和维护。它提供了数万个软件包，覆盖服务器、桌面和嵌入式设备。"
 
@@ -31,17 +31,6 @@ CONFIG = {
 }
 
 
-def _write(path: Path, lines: list) -> Path:
-    with open(path, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write((line if isinstance(line, str) else json.dumps(line, ensure_ascii=False)) + "\n")
-    return path
-
-
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in open(path, encoding="utf-8")]
-
-
 @pytest.fixture()
 def corpus(tmp_path) -> Path:
     book, _ = clean_book()
@@ -52,7 +41,7 @@ def corpus(tmp_path) -> Path:
         document("太短", "t", "c.md", "markdown", 3),
         document("Ceci est un texte français sur le système Debian et ses paquets logiciels.", "t", "d.md", "markdown", 4),
     ]
-    return _write(tmp_path / "in.jsonl", docs + ['{"id": "x", "text": 5}', "{not json"])
+    return write_lines(tmp_path / "in.jsonl", docs + ['{"id": "x", "text": 5}', "{not json"])
 
 
 def _check_operators(report: dict) -> None:
@@ -75,9 +64,9 @@ def test_chars_add_up_with_sections_cut(tmp_path, corpus):
     assert ops["repetition"]["sections_removed"] == 2 and ops["repetition"]["trimmed"] == 1
     assert ops["read"]["chars_removed"] == report["chars"]["rejected"]["read"] > 0
     assert ops["exact_dedup"]["removed"] == 1 and ops["length"]["removed"] == 1 and ops["langid"]["removed"] == 1
-    rejects = _read(tmp_path / "out" / "rejects.jsonl")
+    rejects = read_records(tmp_path / "out" / "rejects.jsonl")
     assert sum(r["chars"] for r in rejects if "span" in r) == ops["repetition"]["chars_removed"]
-    kept = _read(tmp_path / "out" / "clean.jsonl")
+    kept = read_records(tmp_path / "out" / "clean.jsonl")
     assert report["chars_out"] == sum(len(r["text"]) for r in kept)
     # chars kept are characters of the input as read: they differ from chars_out by what transforms changed
     ws, pii = (Whitespace(), PII(kinds=["email"]))
@@ -91,7 +80,7 @@ def test_chars_kept_equal_the_output_without_transforms(tmp_path, corpus):
     cfg = CleanConfig.model_validate({"steps": CONFIG["steps"][2:]})
     report = clean(corpus, tmp_path / "out", config=cfg, progress=False)
     _check_operators(report)
-    kept = _read(tmp_path / "out" / "clean.jsonl")
+    kept = read_records(tmp_path / "out" / "clean.jsonl")
     assert report["chars"]["kept"] == report["chars_out"] == sum(len(r["text"]) for r in kept)
 
 
@@ -123,7 +112,7 @@ def test_dry_run_writes_the_review_not_the_output(tmp_path, corpus):
     assert not (out / "clean.jsonl").exists() and not (out / "duplicates.jsonl").exists()  # no stale output
     assert dry["dry_run"] and dry["counts"] == real["counts"] and dry["chars"] == real["chars"]
     assert "records" not in dry["outputs"] and dry["warnings"][0].startswith("dry run: nothing written")
-    assert len(_read(out / "rejects.jsonl")) == len(_read(tmp_path / "out" / "rejects.jsonl"))
+    assert len(read_records(out / "rejects.jsonl")) == len(read_records(tmp_path / "out" / "rejects.jsonl"))
     page = (out / "review.html").read_text(encoding="utf-8")
     assert "Dry run" in page and "<h2 id='repetition'>repetition</h2>" in page
     assert "[错误] 数据库连接失败" in page and "section " in page  # an example of a removed section, with its span
@@ -133,7 +122,7 @@ def test_dry_run_writes_the_review_not_the_output(tmp_path, corpus):
 def test_rejects_keep_an_excerpt_when_asked(tmp_path, corpus):
     clean(corpus, tmp_path / "out", config=CleanConfig.model_validate(CONFIG), keep_rejected_text=False,
           progress=False)
-    rejects = _read(tmp_path / "out" / "rejects.jsonl")
+    rejects = read_records(tmp_path / "out" / "rejects.jsonl")
     spans = [r for r in rejects if "span" in r]
     assert spans and all(len(r["text"]) <= 200 and r["text_truncated"] for r in spans)
     whole = [r for r in rejects if r.get("op") == "langid"]
@@ -143,7 +132,7 @@ def test_rejects_keep_an_excerpt_when_asked(tmp_path, corpus):
 def test_share_warnings_and_dedup_exemption(tmp_path):
     docs = [document(PROSE + f" 第{i}版。", "t", f"{i}.md", "markdown", i) for i in range(3)]
     docs += [document(PROSE + " 第0版。", "t", "dup.md", "markdown", 9)]
-    path = _write(tmp_path / "in.jsonl", docs)
+    path = write_lines(tmp_path / "in.jsonl", docs)
     cfg = {"steps": [{"op": "length", "min_chars": 56}, {"op": "exact_dedup"}]}
     report = clean(path, tmp_path / "a", config=CleanConfig.model_validate(cfg), progress=False)
     assert report["counts"]["filtered"] == {"exact_dedup": 1}
@@ -177,7 +166,7 @@ def test_chunk_and_stats_account_in_characters(tmp_path, corpus):
     (tmp_path / "tok").mkdir()
     tok.save(str(tmp_path / "tok" / "tokenizer.json"))
     lines = [json.loads(x) if x.startswith("{\"id\": \"") else x for x in open(corpus, encoding="utf-8").read().splitlines()]
-    path = _write(tmp_path / "docs.jsonl", lines + [document("   \n\n ", "t", "blank.md", "markdown", 7)])
+    path = write_lines(tmp_path / "docs.jsonl", lines + [document("   \n\n ", "t", "blank.md", "markdown", 7)])
     for report in (chunk(path, tmp_path / "chunk", tokenizer=tmp_path / "tok", max_tokens=64, progress=False),
                    stats(path, tmp_path / "stats", near_dup=False, html=False)):
         c = report["chars"]
@@ -191,4 +180,4 @@ def test_a_step_used_twice_is_accounted_apart(tmp_path, corpus):
     report = clean(corpus, tmp_path / "out", config=cfg, progress=False)
     assert [o["op"] for o in report["operators"]] == ["read", "length", "length#2"]
     assert report["counts"]["filtered"] == {"length#2": 1}  # "太短": 2 characters
-    assert [r["op"] for r in _read(tmp_path / "out" / "rejects.jsonl") if r.get("op") != "read"] == ["length#2"]
+    assert [r["op"] for r in read_records(tmp_path / "out" / "rejects.jsonl") if r.get("op") != "read"] == ["length#2"]

@@ -12,19 +12,9 @@ from danlu.cli import app
 from danlu.config import ConfigError
 from danlu.data.clean import CleanConfig, clean, load_clean_config
 from danlu.records import document
+from test_clean_sections import read_records, write_lines
 
 PARA = "Debian 是一个自由的操作系统，由遍布全球的志愿者共同开发和维护。它提供了数万个软件包，覆盖服务器、桌面和嵌入式设备。"
-
-
-def _write(path: Path, lines: list) -> Path:
-    with open(path, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write((line if isinstance(line, str) else json.dumps(line, ensure_ascii=False)) + "\n")
-    return path
-
-
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in open(path, encoding="utf-8")]
 
 
 def _doc(text: str, i: int) -> dict:
@@ -41,7 +31,7 @@ def corpus(tmp_path) -> Path:
         _doc("This English paragraph talks about Debian packages, mirrors and the release process in detail.", 4),
     ]
     lines = docs + ['{"id": "x", "text": 5}', "{not json", {"id": "y"}, {"id": "z", "text": "Ceci est un texte français sur le système d'exploitation Debian et ses paquets."}]
-    return _write(tmp_path / "in.jsonl", lines)
+    return write_lines(tmp_path / "in.jsonl", lines)
 
 
 CONFIG = """
@@ -67,8 +57,8 @@ def test_clean_accounts_for_every_line(tmp_path, corpus):
     cfg_path = tmp_path / "clean.yaml"
     cfg_path.write_text(CONFIG, encoding="utf-8")
     report = clean(corpus, tmp_path / "out", config=cfg_path, progress=False)
-    kept = _read(tmp_path / "out" / "clean.jsonl")
-    rejects = _read(tmp_path / "out" / "rejects.jsonl")
+    kept = read_records(tmp_path / "out" / "clean.jsonl")
+    rejects = read_records(tmp_path / "out" / "rejects.jsonl")
     c = report["counts"]
     removed = sum(c["filtered"].values()) + sum(c["rejected"].values())
     assert c["in"] == 9 and c["kept"] == len(kept) == 2
@@ -88,7 +78,7 @@ def test_clean_accounts_for_every_line(tmp_path, corpus):
     ws = next(o for o in ops if o["op"] == "whitespace")
     assert ws["records_changed"] == 1 and ws["chars_changed"] == 2
     assert all("<EMAIL>" in r["text"] for r in kept if "联系" in r["text"])
-    dups = _read(tmp_path / "out" / "duplicates.jsonl")
+    dups = read_records(tmp_path / "out" / "duplicates.jsonl")
     assert len(dups) == 1 and dups[0]["kept"] == kept[0]["id"]
     assert {d["op"] for d in dups[0]["replaced"]} == {"exact_dedup", "near_dedup"}
     near = next(r for r in rejects if r["op"] == "near_dedup")
@@ -106,14 +96,14 @@ def test_sft_records_clean_each_message(tmp_path):
          "task_type": "mcq", "tags": [], "source": "t"},
         {"id": "s3", "messages": [{"role": "user", "content": 3}]},
     ]
-    path = _write(tmp_path / "sft.jsonl", recs)
+    path = write_lines(tmp_path / "sft.jsonl", recs)
     report = clean(path, tmp_path / "out", progress=False)  # preset chosen from the first record: sft
-    kept = _read(tmp_path / "out" / "clean.jsonl")
+    kept = read_records(tmp_path / "out" / "clean.jsonl")
     assert [r["id"] for r in kept] == ["s1"]
     assert kept[0]["messages"][0]["content"] == "什么是 Debian？\n\n请说明。"
     assert "<EMAIL>" in kept[0]["messages"][1]["content"]
     assert kept[0]["task_type"] == "qa" and kept[0]["tags"] == []
-    reasons = {r.get("id"): r["reason"] for r in _read(tmp_path / "out" / "rejects.jsonl")}
+    reasons = {r.get("id"): r["reason"] for r in read_records(tmp_path / "out" / "rejects.jsonl")}
     assert "too short" in reasons["s2"]
     assert any("messages[0].content" in r for r in reasons.values())
     assert report["counts"]["in"] == 3 and report["counts"]["kept"] == 1
@@ -141,10 +131,10 @@ def test_config_errors_name_the_problem(tmp_path):
 
 
 def test_clean_without_dedup_writes_directly(tmp_path):
-    path = _write(tmp_path / "in.jsonl", [_doc("第一段。   \n\n\n\n第二段。", 0)])
+    path = write_lines(tmp_path / "in.jsonl", [_doc("第一段。   \n\n\n\n第二段。", 0)])
     cfg = CleanConfig.model_validate({"steps": [{"op": "whitespace"}]})
     report = clean(path, tmp_path / "out", config=cfg, progress=False)
-    assert _read(tmp_path / "out" / "clean.jsonl")[0]["text"] == "第一段。\n\n第二段。"
+    assert read_records(tmp_path / "out" / "clean.jsonl")[0]["text"] == "第一段。\n\n第二段。"
     assert "duplicates" not in report["outputs"]
 
 
@@ -162,8 +152,8 @@ def test_cli_dedup_only_deduplicates(tmp_path, corpus):
     result = CliRunner().invoke(app, ["data", "dedup", str(corpus), "-o", str(tmp_path / "o"), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "in=9 kept=4 filtered=2 rejected=3" in result.output  # "太短" and French stay: nothing filters
-    rejects = {r["op"]: r for r in _read(tmp_path / "o" / "rejects.jsonl") if r.get("op")}
-    kept = _read(tmp_path / "o" / "clean.jsonl")
+    rejects = {r["op"]: r for r in read_records(tmp_path / "o" / "rejects.jsonl") if r.get("op")}
+    kept = read_records(tmp_path / "o" / "clean.jsonl")
     assert rejects["exact_dedup"]["record"]["path"] == "doc1.md" and rejects["exact_dedup"]["duplicate_of"] == kept[0]["id"]
     assert rejects["near_dedup"]["record"]["path"] == "doc3.md" and rejects["near_dedup"]["duplicate_of"] == kept[0]["id"]
     assert kept[0]["text"] == PARA + "\n\n\n\n联系 admin@mirror-team.cn。"  # untouched: no normalising
@@ -183,7 +173,7 @@ def test_clean_debian_finds_manpage_duplicates(tmp_path, debian_corpus):
     ops = {o["op"]: o for o in report["operators"]}
     assert ops["exact_dedup"]["removed"] >= 10  # identical pages installed under several names/sections
     assert ops["near_dedup"]["removed"] >= 3  # e.g. sha1sum/sha256sum/... pages are near copies of md5sum
-    rejects = _read(tmp_path / "clean" / "rejects.jsonl")
+    rejects = read_records(tmp_path / "clean" / "rejects.jsonl")
     near = [r for r in rejects if r["op"] == "near_dedup"]
     assert any("sum." in r["record"]["path"] for r in near)
     c = report["counts"]

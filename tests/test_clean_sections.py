@@ -29,14 +29,15 @@ def clean_book(sections: int = 48, bad_at: tuple[int, ...] = (7, 23)) -> tuple[s
     return "".join(parts), bad
 
 
-def _write(path: Path, records: list[dict]) -> Path:
+def write_lines(path: Path, lines: list) -> Path:
+    """A JSONL file of these lines: records (dicts) as JSON, strings as they are (bad lines)."""
     with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        for line in lines:
+            f.write((line if isinstance(line, str) else json.dumps(line, ensure_ascii=False)) + "\n")
     return path
 
 
-def _read(path: Path) -> list[dict]:
+def read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in open(path, encoding="utf-8")]
 
 
@@ -71,14 +72,14 @@ def test_section_removal_keeps_the_rest_byte_identical(tmp_path):
     text, bad = clean_book()
     assert len(text) >= SectionOptions().long_doc_chars
     rec = document(text, "test", "book.md", "markdown", 0)
-    report = clean(_write(tmp_path / "in.jsonl", [rec]), tmp_path / "out", config=REPETITION_ONLY, progress=False)
-    kept = _read(tmp_path / "out" / "clean.jsonl")
+    report = clean(write_lines(tmp_path / "in.jsonl", [rec]), tmp_path / "out", config=REPETITION_ONLY, progress=False)
+    kept = read_records(tmp_path / "out" / "clean.jsonl")
     assert len(kept) == 1 and kept[0]["id"] == rec["id"]
     expected = text
     for b in bad:
         expected = expected.replace(b, "", 1)
     assert kept[0]["text"] == expected  # exactly the two failing sections are gone
-    rejects = _read(tmp_path / "out" / "rejects.jsonl")
+    rejects = read_records(tmp_path / "out" / "rejects.jsonl")
     assert [r["op"] for r in rejects] == ["repetition", "repetition"]
     for r, b in zip(rejects, bad):
         s, e = r["span"]
@@ -94,16 +95,16 @@ def test_short_documents_are_judged_whole(tmp_path):
     text, bad = clean_book(sections=3, bad_at=(1,))
     assert len(text) < SectionOptions().long_doc_chars
     rec = document(text, "test", "page.md", "markdown", 0)
-    report = clean(_write(tmp_path / "in.jsonl", [rec]), tmp_path / "out", config=REPETITION_ONLY, progress=False)
+    report = clean(write_lines(tmp_path / "in.jsonl", [rec]), tmp_path / "out", config=REPETITION_ONLY, progress=False)
     assert report["counts"]["kept"] == 0 and report["counts"]["filtered"] == {"repetition": 1}
-    (r,) = _read(tmp_path / "out" / "rejects.jsonl")
+    (r,) = read_records(tmp_path / "out" / "rejects.jsonl")
     assert "span" not in r and r["record"]["text"] == text
 
 
 def test_document_granularity_filters_judge_the_whole_text(tmp_path):
     text, _ = clean_book(bad_at=())
     cfg = CleanConfig.model_validate({"steps": [{"op": "length", "max_chars": 1000}]})
-    report = clean(_write(tmp_path / "in.jsonl", [document(text, "t", "b.md", "markdown", 0)]), tmp_path / "o",
+    report = clean(write_lines(tmp_path / "in.jsonl", [document(text, "t", "b.md", "markdown", 0)]), tmp_path / "o",
                    config=cfg, progress=False)
     assert report["counts"]["filtered"] == {"length": 1}  # a section-by-section length check would pass
 
@@ -113,9 +114,9 @@ def test_every_section_failing_drops_the_record_and_warns_when_big(tmp_path):
     text = "".join(f"## part {i}\n\n{flood}\n\n" for i in range(45))
     assert len(text) > 100_000
     rec = document(text, "t", "flood.md", "markdown", 0)
-    report = clean(_write(tmp_path / "in.jsonl", [rec]), tmp_path / "out", config=REPETITION_ONLY, progress=False)
+    report = clean(write_lines(tmp_path / "in.jsonl", [rec]), tmp_path / "out", config=REPETITION_ONLY, progress=False)
     assert report["counts"]["kept"] == 0
-    (r,) = _read(tmp_path / "out" / "rejects.jsonl")
+    (r,) = read_records(tmp_path / "out" / "rejects.jsonl")
     assert r["reason"].startswith(f"all {len(section_spans(text, SectionOptions()))} sections: duplicate lines")
     warnings = "\n".join(report["warnings"])
     assert "repetition dropped 1 record(s) of 100,000+ characters whole: flood.md" in warnings
