@@ -69,6 +69,10 @@ def test_clean_accounts_for_every_line(tmp_path, corpus):
     assert "must be str" in bad[0][1] and "invalid JSON" in bad[1][1] and "missing field 'text'" in bad[2][1]
     by_op = {r["op"] for r in rejects}
     assert by_op == {"read", "length", "langid", "exact_dedup", "near_dedup"}
+    # in input order, as one record at a time would write them (the steps run over a whole batch one after
+    # another: read errors first, then length's, then langid's), then dedup's
+    assert [r["line"] for r in rejects[:5]] == [3, 6, 7, 8, 9]
+    assert [r["op"] for r in rejects[5:]] == ["exact_dedup", "near_dedup"]
     # per operator: in = kept + removed, and each step's in is the previous step's kept
     ops = report["operators"]
     for prev, op in zip(ops, ops[1:]):

@@ -30,57 +30,55 @@ class Block:
     title: str = ""  # heading text without the #s
 
 
-def _lines(text: str) -> list[tuple[int, int]]:
-    """(start, end) of every line, end excluding the newline."""
-    spans, pos = [], 0
-    for line in text.split("\n"):
-        spans.append((pos, pos + len(line)))
-        pos += len(line) + 1
-    return spans
+# The lines blocks() has to look at: a fence, an ATX heading, a blank line (only whitespace, as str.strip sees
+# it). Every other line opens or continues a paragraph, so the paragraphs between these lines are taken whole
+# instead of line by line (most of the cost on long documents).
+# Searched for as a newline followed by such a line: a pattern that starts with a literal is scanned for in C
+# at memchr speed, one that starts with ^ is tried at every position.
+_BREAK = r"(?: {0,3}(?:`{3,}|~{3,}|#{1,6}(?=[ \t]|$))|[^\S\n]*$)"
+_BREAK_LINE = re.compile(_BREAK, re.M)
+_NEXT_BREAK_LINE = re.compile("\n" + _BREAK, re.M)
 
 
 def blocks(text: str) -> list[Block]:
     """Split Markdown (or plain text) into blocks; the text between consecutive blocks is only whitespace."""
     out: list[Block] = []
-    lines = _lines(text)
-    i, n = 0, len(lines)
-    para_start = -1  # index of the first line of the open paragraph, -1 if none
-
-    def close_paragraph(last: int) -> None:
-        nonlocal para_start
-        if para_start < 0:
-            return
-        first_line = text[lines[para_start][0] : lines[para_start][1]]
-        kind = "table" if _TABLE_ROW.match(first_line) else "list" if _LIST_ITEM.match(first_line) else "paragraph"
-        out.append(Block(kind, lines[para_start][0], lines[last][1]))
-        para_start = -1
-
-    while i < n:
-        s, e = lines[i]
-        line = text[s:e]
+    n = len(text)
+    pos = 0  # start of the first line not yet in a block or known to be blank
+    while pos <= n:
+        if _BREAK_LINE.match(text, pos):
+            start = pos
+        elif (m := _NEXT_BREAK_LINE.search(text, pos)) is not None:
+            start = m.start() + 1
+        else:
+            break
+        if start > pos:  # the lines in between form one paragraph (it ends before the newline of its last line)
+            out.append(_paragraph(text, pos, start - 1))
+        end = text.find("\n", start)
+        end = n if end < 0 else end
+        line = text[start:end]
         fence = _FENCE.match(line)
         if fence:
-            close_paragraph(i - 1)
             marker = fence.group(1)
-            j = i + 1
-            close = re.compile(rf"^ {{0,3}}{re.escape(marker[0])}{{{len(marker)},}}[ \t]*$")
-            while j < n and not close.match(text[lines[j][0] : lines[j][1]]):
-                j += 1
-            last = min(j, n - 1)  # an unclosed fence runs to the end of the text
-            out.append(Block("code", s, lines[last][1]))
-            i = last + 1
-            continue
-        heading = _HEADING.match(line)
-        if heading:
-            close_paragraph(i - 1)
-            out.append(Block("heading", s, e, level=len(heading.group(1)), title=heading.group(2).strip()))
-        elif not line.strip():
-            close_paragraph(i - 1)
-        elif para_start < 0:
-            para_start = i
-        i += 1
-    close_paragraph(n - 1)
+            close = re.compile(rf"^ {{0,3}}{re.escape(marker[0])}{{{len(marker)},}}[ \t]*$", re.M)
+            closing = close.search(text, end + 1) if end < n else None
+            end = closing.end() if closing is not None else n  # an unclosed fence runs to the end of the text
+            out.append(Block("code", start, end))
+        elif (heading := _HEADING.match(line)) is not None:
+            out.append(Block("heading", start, end, level=len(heading.group(1)), title=heading.group(2).strip()))
+        pos = end + 1
+    if pos <= n:  # the last lines, up to the end of the text
+        out.append(_paragraph(text, pos, n))
     return out
+
+
+def _paragraph(text: str, start: int, end: int) -> Block:
+    """A run of lines that are neither blank, nor fences, nor headings: a table, a list or a paragraph, as its first
+    line says."""
+    newline = text.find("\n", start, end)
+    first = text[start : end if newline < 0 else newline]
+    kind = "table" if _TABLE_ROW.match(first) else "list" if _LIST_ITEM.match(first) else "paragraph"
+    return Block(kind, start, end)
 
 
 _FENCE_LINE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.MULTILINE)

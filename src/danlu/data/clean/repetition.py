@@ -29,7 +29,7 @@ from pydantic import Field
 
 from danlu.data.clean.base import Filter
 from danlu.data.clean.markdown import without_code
-from danlu.data.clean.textstats import is_layout, script_of, table_row_match, words_by_script
+from danlu.data.clean.textstats import is_layout, script_of, without_table_rows, words_by_script
 
 _PARA_BREAK = re.compile(r"\n\s*\n")
 # Function words: English words, and Chinese characters that are particles, prepositions and conjunctions.
@@ -176,7 +176,7 @@ class Repetition(Filter):
         if self.ignore_code:
             text = without_code(text)
         if self.ignore_tables:
-            text = "\n".join(itertools.filterfalse(table_row_match, text.split("\n")))
+            text = without_table_rows(text)
         return text
 
     @staticmethod
@@ -188,11 +188,13 @@ class Repetition(Filter):
     @staticmethod
     def _ids(ws: list[str]) -> tuple[np.ndarray, np.ndarray]:
         # each word's id is the number of distinct words before its first occurrence, computed in C loops: the
-        # index of the first occurrence (map over setdefault), then its rank. The ids decide which n-gram wins
-        # a tie for the most frequent one, so they stay what a Python loop over a growing vocabulary gave.
+        # index of the first occurrence (map over setdefault), then its rank (how many first occurrences come
+        # before it: a running count, no sort). The ids decide which n-gram wins a tie for the most frequent
+        # one, so they stay what a Python loop over a growing vocabulary gave.
         vocab: dict[str, int] = {}
         first = np.fromiter(map(vocab.setdefault, ws, itertools.count()), dtype=np.int64, count=len(ws))
-        ids = np.unique(first, return_inverse=True)[1].reshape(-1)
+        rank = np.cumsum(first == np.arange(len(ws))) - 1
+        ids = rank[first]
         lens = np.fromiter(map(len, ws), dtype=np.int64, count=len(ws))
         return ids, lens
 

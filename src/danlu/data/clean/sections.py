@@ -36,7 +36,7 @@ def _is_heading(text: str, b) -> bool:
         return True
     if b.kind != "paragraph":
         return False
-    lines = text[b.start : b.end].split("\n")
+    lines = text[b.start : b.end].split("\n", 2)  # up to 3: the rules only ask for one line or two
     if len(lines) == 2 and _UNDERLINE.match(lines[1]) and 0 < len(lines[0].strip()) <= 100:
         return True
     line = lines[0].strip()

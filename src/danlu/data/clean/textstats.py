@@ -9,6 +9,7 @@ repeats words. Filters with word-based rules keep one threshold set per script (
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 
 import numpy as np
@@ -35,9 +36,9 @@ _TABLE_ROW = re.compile(r"^\s*[|│┃║]|\S(?:\t| {3,})\s*\S")
 LAYOUT_LINES = re.compile(r"^[\W_]*$\n?", re.MULTILINE)
 # Runs of 4+ leader or rule characters: dot leaders of a table of contents, underlines, rules.
 LEADER_RUN = re.compile(r"([.\-_=*~·•…─━])\1{3,}")
-# is_table_row / not is_layout as bound regex methods: filter()/filterfalse() over many lines call them from C
-table_row_match = _TABLE_ROW.search
+# not is_layout as a bound regex method: filter() over many lines calls it from C
 has_alnum = _ALNUM.search
+_TABLE_MARKS = ("\t", "   ", "|", "│", "┃", "║")  # a table row has one of these (_TABLE_ROW)
 
 
 @functools.lru_cache(maxsize=1)
@@ -101,6 +102,14 @@ def is_table_row(line: str) -> bool:
     """Tables repeat rows by nature (the same field in every request of a protocol spec, the same value down a
     column), so the repetition rules leave table rows out, as they leave out code."""
     return _TABLE_ROW.search(line) is not None
+
+
+def without_table_rows(text: str) -> str:
+    """The text without its table rows (is_table_row). Most prose has no tab, no run of three spaces and no bar:
+    then no line can be a row, and the search line by line is skipped."""
+    if not any(map(text.__contains__, _TABLE_MARKS)):
+        return text
+    return "\n".join(itertools.filterfalse(_TABLE_ROW.search, text.split("\n")))
 
 
 def is_layout(line: str) -> bool:
