@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import unicodedata
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
@@ -11,6 +12,7 @@ from danlu.data.dedup import (
     exact_clusters,
     lsh_params,
     near_clusters,
+    nfkc,
     normalise,
     permutations,
     shingle_hashes,
@@ -102,3 +104,15 @@ def test_normalise_collapses_exactly_the_whitespace_regex_s_matches():
         text = "".join(rng.choice(spaces + list("Ab中 ")) for _ in range(rng.randint(0, 30)))
         expected = re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold()).strip()
         assert normalise(text) == expected
+
+
+def test_nfkc_is_unicodedata_nfkc():
+    """The fast path (characters NFKC changes replaced one by one) gives unicodedata's NFKC, also where
+    characters compose across each other (combining marks, Hangul jamo) or lie beyond the BMP."""
+    rng = random.Random(0)
+    pool = ("ａＢ１，。！？（）　ﬁﬃ①㈱㎏½ᵃ" "e\u0301\u0308\u0323\u0344\u0f73" "\u1100\u1161\u11a8가각\u3131\u314f"
+            "中文 Debian\n\t" "\U0001d400\U0001f100\U0002f800")
+    cases = ["", "Ｄｅｂｉａｎ，你好。", "ﬁle ①", "e\u0344", "\u1100\u1161", "\uff76\uff9e", "\U0001d400x"]
+    cases += ["".join(rng.choice(pool) for _ in range(rng.randint(1, 12))) for _ in range(3000)]
+    for text in cases:
+        assert nfkc(text) == unicodedata.normalize("NFKC", text), repr(text)

@@ -196,6 +196,14 @@ class JsonlWriter:
             raise naming_path(e, self.path) from e
         self.count += 1
 
+    def write_line(self, line: str) -> None:
+        """Write a line as it is: one that a JsonlWriter wrote (a record serialised as write() does), copied."""
+        try:
+            self._f.write(line)
+        except OSError as e:
+            raise naming_path(e, self.path) from e
+        self.count += 1
+
     def close(self, ok: bool = True) -> None:
         if self._f.closed:
             return

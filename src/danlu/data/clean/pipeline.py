@@ -26,6 +26,7 @@ flat as the corpus grows (docs/scale.md has the measurements).
 
 from __future__ import annotations
 
+import json
 import time
 from array import array
 from collections import Counter
@@ -44,7 +45,7 @@ from danlu.data.clean.review import Example, Review
 from danlu.data.clean.sections import section_spans
 from danlu.data.dedup import DedupKeys, dedup_keys, key_clusters, lsh_clusters, lsh_params
 from danlu.data.executor import Executor, ExecutorFields, input_bytes
-from danlu.jsonl import BadLine, JsonlWriter, jsonl_files, read_jsonl
+from danlu.jsonl import BadLine, JsonlWriter, jsonl_files
 from danlu.records import dedup_text, read_records, record_id, record_text
 from danlu.runs import counts, reason_key, start_run
 from danlu.workers import ItemFailed
@@ -654,19 +655,24 @@ def _run_dedup(survivors: _Survivors, survivors_path: Path, out_dir: Path, steps
     kept = None if dry_run else JsonlWriter(out_dir / OUTPUT)
     dups = None if dry_run else JsonlWriter(out_dir / DUPLICATES)
     try:
-        for i, (_, rec) in enumerate(read_jsonl(survivors_path)):
-            if isinstance(rec, BadLine):  # our own spill file: a damaged line means the disk lied
-                raise RuntimeError(f"{survivors_path}: line {rec.line} of danlu's own spill file is damaged")
-            kind = survivors.kinds[i]
-            if i in duplicate_of:
-                emit.chars_out -= len(record_text(rec, kind))
-                emit.record(duplicate_of[i][1], f"duplicate of {survivors.ids[root(i)]}", rec, kind, {},
-                            charged[i], duplicate_of=survivors.ids[root(i)])
-                continue
-            if dups is not None and i in replaced:
-                dups.write({"kept": rec["id"], "path": rec.get("path"), "replaced": replaced[i]})
-            if kept is not None:
-                kept.write(rec)
+        # kept records are copied line by line (the spill file is JsonlWriter's output, as clean.jsonl is: parsing
+        # and writing them again would give the same bytes); only duplicates are parsed, for their rejects
+        with open(survivors_path, encoding="utf-8", newline="\n") as spill:
+            lines = 0
+            for i, line in enumerate(spill):
+                lines += 1
+                if i in duplicate_of:
+                    kind, rec = survivors.kinds[i], json.loads(line)
+                    emit.chars_out -= len(record_text(rec, kind))
+                    emit.record(duplicate_of[i][1], f"duplicate of {survivors.ids[root(i)]}", rec, kind, {},
+                                charged[i], duplicate_of=survivors.ids[root(i)])
+                    continue
+                if dups is not None and i in replaced:
+                    dups.write({"kept": survivors.ids[i], "path": survivors.paths[i], "replaced": replaced[i]})
+                if kept is not None:
+                    kept.write_line(line)
+        if lines != len(survivors):  # our own spill file: a missing line means the disk lied
+            raise RuntimeError(f"{survivors_path}: danlu's own spill file has {lines} lines, not {len(survivors)}")
     except BaseException:
         for w in (kept, dups):
             if w is not None:
