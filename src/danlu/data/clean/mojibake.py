@@ -28,7 +28,6 @@ from danlu.data.clean.textstats import NONSPACE, class_counts
 # Characters cp1252 / Latin-1 give for bytes 0x80-0xFF (what UTF-8 multi-byte sequences turn into).
 _CP1252_HIGH = "€‚ƒ„…†‡ˆ‰Š‹ŒŽ‘’“”•–—˜™š›œžŸ"
 _LATIN_RUN = re.compile(f"[\u0080-\u00ff{_CP1252_HIGH}]{{2,}}")
-_ASCII_RUN = re.compile(r"[\x00-\x7f]+")
 _GBK_REPLACEMENT = "锟斤拷"
 # GB2312 level 1: the 3,755 most common hanzi (rows 0xB0-0xD7)
 _COMMON_HAN = re.compile("[" + "".join(bytes([r, c]).decode("gb2312", errors="ignore")
@@ -70,11 +69,10 @@ def mojibake_chars(text: str) -> dict[str, int]:
     latin = 0
     for m in _LATIN_RUN.finditer(text):
         latin += _misread_utf8(_single_byte(m.group()))  # one byte per misread character
-    wide = _ASCII_RUN.sub(" ", text)
-    gbk = 0
-    if wide.strip():  # each common character got back was 3 UTF-8 bytes, read as 1.5 GBK characters
-        back = wide.encode("gbk", errors="ignore").decode("utf-8", errors="replace")
-        gbk = 3 * len(_COMMON_HAN.findall(back)) // 2
+    # each common character got back was 3 UTF-8 bytes, read as 1.5 GBK characters; ASCII stays ASCII both ways
+    # and ends any UTF-8 sequence, so it can stay in
+    back = text.encode("gbk", errors="ignore").decode("utf-8", errors="replace")
+    gbk = 3 * len(_COMMON_HAN.findall(back)) // 2
     replacement = text.count("\ufffd") + len(_GBK_REPLACEMENT) * text.count(_GBK_REPLACEMENT)
     return {"latin": latin, "gbk": gbk, "replacement": replacement}
 
