@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from danlu.data.clean import load_clean_config
@@ -183,6 +185,27 @@ def test_changed_chars_counts_edits_not_whole_text():
     before = "\n\n\n".join(f"第{i}行  内容" for i in range(n))
     after = "\n\n".join(f"第{i}行 内容" for i in range(n))
     assert changed_chars(before, after) == n + (n - 1)  # one space per line, one newline per gap
+
+
+def test_changed_chars_blank_lines_removed_is_the_alignment(monkeypatch):
+    """When only blank lines went (the whitespace step), changed_chars skips the line alignment: the count must be
+    the alignment's (forced here by turning the shortcut off), also where a run of blank lines grew, a blank
+    line kept its spaces, or a line's content changed (the shortcut does not apply)."""
+    from danlu.data.clean import base
+
+    rng = random.Random(0)
+    atoms = ["a", "b c", "", " ", "  ", "\t", "x  y", "\u3000", "}", "  }", "中文"]
+    cases = []
+    for _ in range(3000):
+        lines = [rng.choice(atoms) for _ in range(rng.randint(0, 14))]
+        kept = [ln for ln in lines if ln.strip() or rng.random() < 0.5]
+        kept = [ln.rstrip() if rng.random() < 0.7 else ln for ln in kept]
+        if rng.random() < 0.15:
+            kept.insert(rng.randint(0, len(kept)), rng.choice(atoms))
+        cases.append(("\n".join(lines), "\n".join(kept)))
+    fast = [changed_chars(a, b) for a, b in cases]
+    monkeypatch.setattr(base, "_blank_lines_removed", lambda *args: None)
+    assert fast == [changed_chars(a, b) for a, b in cases]
 
 
 def test_markdown_blocks_cover_text():

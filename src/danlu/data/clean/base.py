@@ -74,14 +74,19 @@ def changed_chars(before: str, after: str) -> int:
     quadratic on long documents with many blank lines), so lines an operator only re-spaced pair up and one
     edit is never counted as the whole text. Within a changed line the count is its edit distance (see
     _trimmed_diff); lines removed or added between aligned stretches pair up in order, the rest count whole.
+    When only blank lines were removed, the count is worked out without the alignment (_blank_lines_removed).
     """
     if before == after:
         return 0
     a, b = before.split("\n"), after.split("\n")
     if len(a) == len(b):
         return _paired_diff(a, b)
+    a_content, b_content = ["".join(x.split()) for x in a], ["".join(y.split()) for y in b]
+    blanks_only = _blank_lines_removed(a, b, a_content, b_content)
+    if blanks_only is not None:
+        return blanks_only
     total, gone, new = 0, [], []
-    for op in Indel.opcodes(["".join(x.split()) for x in a], ["".join(y.split()) for y in b]):
+    for op in Indel.opcodes(a_content, b_content):
         if op.tag == "equal":
             total += _unaligned(gone, new)
             gone, new = [], []
@@ -90,6 +95,26 @@ def changed_chars(before: str, after: str) -> int:
             gone += a[op.src_start : op.src_end]
             new += b[op.dest_start : op.dest_end]
     return total + _unaligned(gone, new)
+
+
+def _blank_lines_removed(a: list[str], b: list[str], a_content: list[str], b_content: list[str]) -> int | None:
+    """changed_chars when `b` is `a` with blank lines taken out and the blank lines left in `b` are empty (what
+    the whitespace step does), without the alignment (0.2 s for a 40,000-line book), else None. Then every
+    alignment pairs the k-th non-blank line of `a` with the k-th of `b`, and within a run of blank lines pairing
+    one (its length: edits to "") or removing it (its length and a newline) adds up to the same whatever the
+    pairing: the run's lengths plus one per line removed."""
+    a_lines = [i for i, c in enumerate(a_content) if c]
+    b_lines = [j for j, c in enumerate(b_content) if c]
+    if len(a_lines) != len(b_lines) or any(b[j] for j, c in enumerate(b_content) if not c):
+        return None
+    bounds_a, bounds_b = [-1, *a_lines, len(a)], [-1, *b_lines, len(b)]
+    if any(nb - pb > na - pa for pa, na, pb, nb in zip(bounds_a, bounds_a[1:], bounds_b, bounds_b[1:])):
+        return None  # a run of blank lines that grew
+    pairs_a, pairs_b = [a[i] for i in a_lines], [b[j] for j in b_lines]
+    if [a_content[i] for i in a_lines] != [b_content[j] for j in b_lines]:
+        return None
+    blank_chars = sum(len(x) for x, c in zip(a, a_content) if not c)
+    return _paired_diff(pairs_a, pairs_b) + blank_chars + (len(a) - len(a_lines)) - (len(b) - len(b_lines))
 
 
 def _paired_diff(a: list[str], b: list[str]) -> int:
