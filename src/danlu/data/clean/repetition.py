@@ -29,7 +29,7 @@ from pydantic import Field
 
 from danlu.data.clean.base import Filter
 from danlu.data.clean.markdown import without_code
-from danlu.data.clean.textstats import is_layout, script_of, without_table_rows, words_by_script
+from danlu.data.clean.textstats import has_alnum, script_of, without_table_rows, words_by_script
 
 _PARA_BREAK = re.compile(r"\n\s*\n")
 # Function words: English words, and Chinese characters that are particles, prepositions and conjunctions.
@@ -181,8 +181,9 @@ class Repetition(Filter):
 
     @staticmethod
     def _units(text: str) -> tuple[list[str], list[str]]:
-        paras = [p for p in (p.strip() for p in _PARA_BREAK.split(text)) if p and not is_layout(p)]
-        lines = [ln for ln in (ln.strip() for ln in text.split("\n")) if ln and not is_layout(ln)]
+        """Paragraphs and lines, stripped, without layout ones (is_layout: no letter or digit), in C loops."""
+        paras = list(filter(has_alnum, map(str.strip, _PARA_BREAK.split(text))))
+        lines = list(filter(has_alnum, map(str.strip, text.split("\n"))))
         return paras, lines
 
     @staticmethod
