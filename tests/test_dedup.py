@@ -9,6 +9,8 @@ import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 from danlu.data.dedup import (
+    KNOWN_LSH_PARAMS,
+    components,
     exact_clusters,
     lsh_params,
     near_clusters,
@@ -116,3 +118,33 @@ def test_nfkc_is_unicodedata_nfkc():
     cases += ["".join(rng.choice(pool) for _ in range(rng.randint(1, 12))) for _ in range(3000)]
     for text in cases:
         assert nfkc(text) == unicodedata.normalize("NFKC", text), repr(text)
+
+
+def test_known_lsh_params_are_datasketchs():
+    from datasketch.lsh import _optimal_param
+
+    assert len(KNOWN_LSH_PARAMS) == 30
+    for (threshold, num_perm), params in KNOWN_LSH_PARAMS.items():
+        assert params == _optimal_param(threshold, num_perm, 0.5, 0.5), (threshold, num_perm)
+
+
+def test_components_are_scipys_connected_components():
+    """The numpy union-find gives every document its component's smallest index, as scipy's graph search does
+    (chains, stars, cycles, duplicate and self pairs, isolated documents)."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        n = int(rng.integers(1, 60))
+        k = int(rng.integers(0, 2 * n))
+        a, b = rng.integers(0, n, k), rng.integers(0, n, k)
+        if trial % 10 == 0:  # one long chain, listed backwards
+            a, b = np.arange(n - 1, 0, -1), np.arange(n - 2, -1, -1)
+        parts = np.array_split(np.arange(len(a)), 3)
+        got = components(n, [(a[p], b[p]) for p in parts])
+        graph = sp.coo_matrix((np.ones(len(a), dtype=bool), (a, b)), shape=(n, n)).tocsr()
+        _, label = connected_components(graph, directed=False)
+        first = np.full(label.max() + 1, n)
+        np.minimum.at(first, label, np.arange(n))
+        assert np.array_equal(got, first[label]), trial

@@ -304,15 +304,22 @@ def test_danlu_run_takes_the_executor_without_rerunning_or_changing_anything(cor
 
 
 def _reference_lsh(sig: np.ndarray, bands: int, rows: int, skip: list[bool]) -> np.ndarray:
-    """The whole-corpus grouping (dedup before keys and partitions): per band np.unique, union-find."""
-    uf = dedup._UnionFind(len(sig))
+    """The whole-corpus grouping (dedup before keys and partitions): per band a dict of band keys, a plain
+    union-find whose roots are the smallest index."""
+    parent = list(range(len(sig)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
     idx = np.flatnonzero(~np.asarray(skip))
     for band in range(bands):
         groups: dict[bytes, int] = {}
         for i in idx.tolist():
-            key = sig[i, band * rows : (band + 1) * rows].tobytes()
-            uf.union(groups.setdefault(key, i), i)
-    return np.array([uf.find(i) for i in range(len(sig))])
+            a, b = find(groups.setdefault(sig[i, band * rows : (band + 1) * rows].tobytes(), i)), find(i)
+            parent[max(a, b)] = min(a, b)
+    return np.array([find(i) for i in range(len(sig))])
 
 
 def test_partitioned_band_join_equals_grouping_everything_at_once():

@@ -137,29 +137,24 @@ def normalised_signatures(norms: Sequence[str], *, num_perm: int = 128, ngram: i
     return sig
 
 
+# (bands, rows) of datasketch's optimiser for common settings: a run then need not import datasketch and
+# scipy.integrate (0.5 s) to find them again; tests/test_dedup.py checks every entry against datasketch
+_LSH_PARAMS = {
+    64: [(14, 4), (12, 5), (10, 6), (9, 7), (8, 8), (7, 9), (5, 11), (4, 15), (3, 21), (2, 32)],
+    128: [(25, 5), (21, 6), (18, 7), (16, 8), (14, 9), (11, 11), (9, 13), (8, 16), (5, 25), (3, 42)],
+    256: [(42, 6), (36, 7), (32, 8), (28, 9), (25, 10), (21, 12), (17, 15), (13, 19), (9, 28), (5, 51)],
+}
+KNOWN_LSH_PARAMS = {(round(0.5 + 0.05 * i, 2), n): p for n, ps in _LSH_PARAMS.items() for i, p in enumerate(ps)}
+
+
 @functools.lru_cache(maxsize=None)
 def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows) minimising false positives + false negatives (datasketch's own optimiser, same weights)."""
+    if (threshold, num_perm) in KNOWN_LSH_PARAMS:
+        return KNOWN_LSH_PARAMS[(threshold, num_perm)]
     from datasketch.lsh import _optimal_param
 
     return _optimal_param(threshold, num_perm, 0.5, 0.5)
-
-
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, x: int) -> int:
-        p = self.parent
-        while p[x] != x:
-            p[x] = p[p[x]]
-            x = p[x]
-        return x
-
-    def union(self, x: int, y: int) -> None:
-        rx, ry = self.find(x), self.find(y)
-        if rx != ry:  # the smaller index (earlier document) stays the root
-            self.parent[max(rx, ry)] = min(rx, ry)
 
 
 def group_pairs(task: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -197,20 +192,30 @@ def partitions(keys: np.ndarray, idx: np.ndarray, parts: int) -> Iterator[tuple[
 
 
 def components(n: int, pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """For each of n documents the smallest index of its connected component under the (member, root) pairs."""
-    import scipy.sparse as sp
-    from scipy.sparse.csgraph import connected_components
+    """For each of n documents the smallest index of its connected component under the (member, root) pairs.
 
+    Union-find in numpy rounds (scipy.sparse.csgraph would do it too, but importing it costs 0.25 s at the end
+    of every run): each document points at a smaller one of its component, roots at themselves; every round
+    hooks the larger root of each pair that still spans two trees onto the smaller one, then points every
+    document at its root. When no pair spans two trees, each component is one tree, and its root - pointed at
+    by all and pointing at no smaller one - is its smallest index."""
     found = [(m, r) for m, r in pairs if len(m)]
+    label = np.arange(n, dtype=np.int64)
     if not found:
-        return np.arange(n, dtype=np.int64)
-    rows = np.concatenate([m for m, _ in found])
-    cols = np.concatenate([r for _, r in found])
-    graph = sp.coo_matrix((np.ones(len(rows), dtype=bool), (rows, cols)), shape=(n, n)).tocsr()
-    _, label = connected_components(graph, directed=False)
-    first = np.full(label.max() + 1, n, dtype=np.int64)
-    np.minimum.at(first, label, np.arange(n, dtype=np.int64))
-    return first[label]
+        return label
+    a = np.concatenate([m for m, _ in found])
+    b = np.concatenate([r for _, r in found])
+    while True:
+        ra, rb = label[a], label[b]
+        apart = ra != rb
+        if not apart.any():
+            return label
+        ra, rb = ra[apart], rb[apart]
+        low = np.minimum(ra, rb)
+        np.minimum.at(label, ra, low)
+        np.minimum.at(label, rb, low)
+        while not np.array_equal(nxt := label[label], label):
+            label = nxt
 
 
 Pairs = Callable[[Iterable[tuple[np.ndarray, np.ndarray]]], Iterable[tuple[np.ndarray, np.ndarray]]]
