@@ -17,8 +17,8 @@ Transforms' characters changed are counted separately (chars_changed). With a to
 tokens. review.html shows examples of what each operator removed; with `dry_run` nothing else is written.
 
 Execution: the records are read here and sent in batches (`BATCH_CHARS` of text) to an executor (a local
-process pool or Ray: danlu.data.executor), whose workers run the per-record operators and compute each
-survivor's dedup keys (exact hash, MinHash signature). Results come back in input order, so the outputs are the
+process pool or Ray: danlu.data.executor), whose workers run the per-record operators (each over the whole
+batch in turn: _clean_batch) and compute each survivor's dedup keys (exact hash, MinHash signature). Results come back in input order, so the outputs are the
 same for any number of workers. Survivors go to a spill file as they come; dedup then works on the keys alone
 (~0.5 KB per document, not its text), and a second pass over the spill file writes clean.jsonl, so memory stays
 flat as the corpus grows (docs/scale.md has the measurements).
