@@ -110,11 +110,11 @@ def _blank_lines_removed(a: list[str], b: list[str], a_content: list[str], b_con
     bounds_a, bounds_b = [-1, *a_lines, len(a)], [-1, *b_lines, len(b)]
     if any(nb - pb > na - pa for pa, na, pb, nb in zip(bounds_a, bounds_a[1:], bounds_b, bounds_b[1:])):
         return None  # a run of blank lines that grew
-    pairs_a, pairs_b = [a[i] for i in a_lines], [b[j] for j in b_lines]
     if [a_content[i] for i in a_lines] != [b_content[j] for j in b_lines]:
-        return None
+        return None  # a line's content changed
     blank_chars = sum(len(x) for x, c in zip(a, a_content) if not c)
-    return _paired_diff(pairs_a, pairs_b) + blank_chars + (len(a) - len(a_lines)) - (len(b) - len(b_lines))
+    paired = _paired_diff([a[i] for i in a_lines], [b[j] for j in b_lines])
+    return paired + blank_chars + (len(a) - len(a_lines)) - (len(b) - len(b_lines))
 
 
 def _paired_diff(a: list[str], b: list[str]) -> int:
