@@ -48,8 +48,7 @@ _ASTRAL = re.compile("[\U00010000-\U0010FFFF]")
 @functools.lru_cache(maxsize=1)
 def _nfkc_changes() -> tuple[re.Pattern, dict[str, str]]:
     """The characters of the BMP that NFKC changes (2,972 in this Python's Unicode tables: full-width forms,
-    ligatures, ...), each
-    with its NFKC form, and a pattern that finds them."""
+    ligatures, ...), each with its NFKC form, and a pattern that finds them."""
     table = {}
     for cp in range(0x10000):
         c = chr(cp)
