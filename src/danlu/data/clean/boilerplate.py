@@ -111,7 +111,7 @@ def link_like(line: str) -> bool:
 
 
 def _lines(text: str) -> list[str]:
-    """The stripped lines of prose with a letter or digit (layout lines are not content: textstats.is_layout)."""
+    """The stripped lines of prose with a letter or digit (layout lines are not content: textstats.has_alnum)."""
     return list(filter(has_alnum, map(str.strip, without_code(text).split("\n"))))
 
 

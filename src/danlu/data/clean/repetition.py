@@ -181,7 +181,7 @@ class Repetition(Filter):
 
     @staticmethod
     def _units(text: str) -> tuple[list[str], list[str]]:
-        """Paragraphs and lines, stripped, without layout ones (is_layout: no letter or digit), in C loops."""
+        """Paragraphs and lines, stripped, without layout ones (no letter or digit: textstats.has_alnum), in C loops."""
         paras = list(filter(has_alnum, map(str.strip, _PARA_BREAK.split(text))))
         lines = list(filter(has_alnum, map(str.strip, text.split("\n"))))
         return paras, lines

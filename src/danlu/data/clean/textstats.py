@@ -32,11 +32,13 @@ _ALNUM = re.compile(r"[^\W_]", re.UNICODE)
 # A row of a table: Markdown (| a | b |), box drawing (│ a │ b │) or a text table (columns set apart by a tab
 # or a run of 3+ spaces; prose never has one between two words).
 _TABLE_ROW = re.compile(r"^\s*[|│┃║]|\S(?:\t| {3,})\s*\S")
-# Whole lines without a letter or digit (see is_layout), for removing them from a text in one pass.
+# Whole lines without a letter or digit (layout lines: see has_alnum), for removing them from a text in one pass.
 LAYOUT_LINES = re.compile(r"^[\W_]*$\n?", re.MULTILINE)
 # Runs of 4+ leader or rule characters: dot leaders of a table of contents, underlines, rules.
 LEADER_RUN = re.compile(r"([.\-_=*~·•…─━])\1{3,}")
-# not is_layout as a bound regex method: filter() over many lines calls it from C
+# A line with no letter or digit is layout: a table border (+----+, |---|, ├──┤), a rule (-----, ****), a lone
+# list marker. Such lines repeat in every table of a book; they are formatting, not repeated content. has_alnum
+# is the test for content lines, a bound regex method that filter() over many lines calls from C.
 has_alnum = _ALNUM.search
 _TABLE_MARKS = ("\t", "   ", "|", "│", "┃", "║")  # a table row has one of these (_TABLE_ROW)
 
@@ -98,21 +100,11 @@ def script_of(word_list: list[str], cjk: int | None = None) -> str:
     return "cjk" if 2 * cjk >= len(word_list) else "latin"
 
 
-def is_table_row(line: str) -> bool:
-    """Tables repeat rows by nature (the same field in every request of a protocol spec, the same value down a
-    column), so the repetition rules leave table rows out, as they leave out code."""
-    return _TABLE_ROW.search(line) is not None
-
-
 def without_table_rows(text: str) -> str:
-    """The text without its table rows (is_table_row). Most prose has no tab, no run of three spaces and no bar:
-    then no line can be a row, and the search line by line is skipped."""
+    """The text without its table rows (_TABLE_ROW). Tables repeat rows by nature (the same field in every request
+    of a protocol spec, the same value down a column), so the repetition rules leave them out, as they leave out
+    code. Most prose has no tab, no run of three spaces and no bar: then no line can be a row, and the search
+    line by line is skipped."""
     if not any(map(text.__contains__, _TABLE_MARKS)):
         return text
     return "\n".join(itertools.filterfalse(_TABLE_ROW.search, text.split("\n")))
-
-
-def is_layout(line: str) -> bool:
-    """A line with no letter or digit: a table border (+----+, |---|, ├──┤), a rule (-----, ****), a lone list
-    marker. Such lines repeat in every table of a book; they are formatting, not repeated content."""
-    return _ALNUM.search(line) is None
