@@ -186,21 +186,16 @@ class JsonlWriter:
         self._f = open(self._tmp, "w", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False) + "\n"
         try:
-            try:
-                self._f.write(line)
-            except UnicodeEncodeError:  # a file name that is not UTF-8 (nothing was written): see danlu.names
-                self._f.write(json.dumps(displayable(record), ensure_ascii=False) + "\n")
-        except OSError as e:  # a full disk: name the file being written, not its temporary
-            raise naming_path(e, self.path) from e
-        self.count += 1
+            self.write_line(json.dumps(record, ensure_ascii=False) + "\n")
+        except UnicodeEncodeError:  # a file name that is not UTF-8 (nothing was written): see danlu.names
+            self.write_line(json.dumps(displayable(record), ensure_ascii=False) + "\n")
 
     def write_line(self, line: str) -> None:
-        """Write a line as it is: one that a JsonlWriter wrote (a record serialised as write() does), copied."""
+        """Write a line as it is: a record serialised as write() does (clean copies its spill file's lines)."""
         try:
             self._f.write(line)
-        except OSError as e:
+        except OSError as e:  # a full disk: name the file being written, not its temporary
             raise naming_path(e, self.path) from e
         self.count += 1
 
